@@ -1,0 +1,1 @@
+"""ptk's built-in plugins (installed as ``ptk_plugins``), registered through the ``ptk`` entry-point group."""

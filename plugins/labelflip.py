@@ -1,0 +1,58 @@
+"""Attack plugin ``labelflip``: the study's targeted label flip.
+
+The ``budget`` training images nearest the target image in the clean model's
+feature space (penultimate layer, Euclidean distance) are relabelled as the
+target class. The pool is the source class's training images (default), or
+every training image not already of the target class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl
+from ptk.options import non_negative
+
+
+def pool_indices(labels: torch.Tensor, source: int, target: int, pool: str) -> torch.Tensor:
+    mask = labels == source if pool == "source" else labels != target
+    return mask.nonzero().squeeze(1)
+
+
+class LabelFlip(Attack):
+    name = "labelflip"
+    description = "relabel the `budget` training images nearest the target (clean features) as the target class"
+    options = [
+        Option("budget", int, 250, "number of training labels to flip", check=non_negative),
+        Option("pool", str, "source", "images eligible to flip: the source class, or all not of the target class",
+               choices=("source", "all")),
+    ]
+
+    def check(self, data: Dataset, source: int, target: int, options: dict[str, Any]) -> None:
+        pool = pool_indices(data.y_train, source, target, options["pool"])
+        if options["budget"] > len(pool):
+            raise UsageError(
+                f"labelflip.budget={options['budget']} is larger than the pool it draws from: "
+                f"{len(pool)} training images ({options['pool']} pool, source class {data.classes[source]!r}); "
+                f"lower -o labelflip.budget or raise --subset"
+            )
+
+    def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
+        t = ctx.target
+        pool = pool_indices(ctx.data.y_train, t.source_class, t.target_class, options["pool"])
+        budget = options["budget"]
+        feats = ctx.features(ctx.clean_model, ctx.data.x_train[pool])
+        anchor = ctx.features(ctx.clean_model, t.image)
+        dist = (feats - anchor).pow(2).sum(1)
+        chosen = pool[dist.argsort(stable=True)[:budget]]
+        y = ctx.data.y_train.clone()
+        y[chosen] = t.target_class
+        return Poisoning(y_train=y, poison_indices=chosen.sort().values,
+                         details={"budget": budget, "pool_size": len(pool)})
+
+
+@hookimpl
+def register_attacks(register):
+    register(LabelFlip())

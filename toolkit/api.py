@@ -1,0 +1,145 @@
+"""The public types a plugin author builds on.
+
+An attack, defense, data set or model is an instance of one of the base
+classes below, handed to ptk through a ``register`` callback (see
+:mod:`ptk.hookspecs`). Everything a plugin needs at run time arrives in its
+context object (:class:`ptk.context.AttackContext` /
+:class:`ptk.context.DefenseContext`), so plugins never import ptk internals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .options import Option
+
+if TYPE_CHECKING:
+    from .context import AttackContext, DefenseContext
+    from .data import Dataset
+
+#: Version of the plugin API. A plugin may declare ``api_version``; ptk refuses
+#: versions outside SUPPORTED_API_VERSIONS with a message naming the supported ones.
+API_VERSION = 1
+SUPPORTED_API_VERSIONS = (1,)
+
+
+class Plugin:
+    """Common fields: a unique ``name``, a one-line ``description``, declared ``options``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    options: ClassVar[list[Option]] = []
+    api_version: ClassVar[int] = API_VERSION
+    kind: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What a defense assumes it knows. Shown by ``ptk plugins`` and in every report.
+
+    A defense that does not declare ``knows_target`` cannot read the target image:
+    its context raises if it tries, so results honestly reflect the threat model.
+    """
+
+    knows_target: bool = False
+    trusted_data: bool = False
+    uses_poisoned_model: bool = True
+
+    def describe(self) -> str:
+        parts = [
+            "knows the target" if self.knows_target else "target unknown",
+            "needs trusted clean data" if self.trusted_data else "no trusted data",
+            "uses the poisoned model" if self.uses_poisoned_model else "does not use the poisoned model",
+        ]
+        return ", ".join(parts)
+
+
+@dataclass
+class Poisoning:
+    """What an attack returns: the poisoned training labels (and images, if it changes them)."""
+
+    y_train: torch.Tensor
+    poison_indices: torch.Tensor
+    x_train: torch.Tensor | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Anything that maps uint8 images (N, C, H, W) to class probabilities (N, classes)."""
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass
+class DefenseResult:
+    """What a defense returns.
+
+    ``predictor`` is a trained ``nn.Module`` (from ``ctx.train``) or any
+    :class:`Predictor` such as an ensemble. ``removed_indices`` (training indices
+    the defense dropped) lets ptk score removal precision and recall against the
+    true poison; ``sample_weights`` is for reweighting defenses; ``details`` holds
+    any JSON-serialisable extras for results.json.
+    """
+
+    predictor: nn.Module | Predictor
+    removed_indices: torch.Tensor | None = None
+    sample_weights: torch.Tensor | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Attack(Plugin):
+    """A poisoning attack. Override :meth:`poison`."""
+
+    kind: ClassVar[str] = "attack"
+
+    def poison(self, ctx: "AttackContext", options: dict[str, Any]) -> Poisoning:
+        raise NotImplementedError
+
+    def check(self, data: "Dataset", source: int, target: int, options: dict[str, Any]) -> None:
+        """Refuse impossible settings before any training (raise :class:`ptk.UsageError`)."""
+
+
+class Defense(Plugin):
+    """A defense. Override :meth:`defend` and declare ``threat``."""
+
+    kind: ClassVar[str] = "defense"
+    threat: ClassVar[ThreatModel] = ThreatModel()
+
+    def defend(self, ctx: "DefenseContext", options: dict[str, Any]) -> DefenseResult:
+        raise NotImplementedError
+
+
+class DatasetSource(Plugin):
+    """A data set. Override :meth:`load`; raise :class:`ptk.DataMissing` when files are absent.
+
+    ``default_source`` / ``default_target`` name the classes the label-flip attack
+    uses when the user gives none (CIFAR-10: deer -> dog, as in the study).
+    """
+
+    kind: ClassVar[str] = "dataset"
+    default_source: ClassVar[str | None] = None
+    default_target: ClassVar[str | None] = None
+
+    def load(self, data_dir: Path, options: dict[str, Any]) -> "Dataset":
+        raise NotImplementedError
+
+
+class ModelSpec(Plugin):
+    """A model architecture. :meth:`build` returns an ``nn.Module`` that takes
+    normalised float images and has a ``features(x)`` method giving the
+    penultimate-layer activations."""
+
+    kind: ClassVar[str] = "model"
+
+    def build(self, num_classes: int, image_shape: tuple[int, int, int], options: dict[str, Any]) -> nn.Module:
+        raise NotImplementedError
+
+
+class DataMissing(Exception):
+    """Raised by a data set plugin when its files are not there; the message says how to get them."""

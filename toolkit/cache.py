@@ -1,0 +1,90 @@
+"""Content-addressed cache of trained models.
+
+The key hashes everything that determines a trained model (data set, training
+labels, kept samples, loss weights, model and options, recipe, seed), so a
+second run that only adds a defense reuses the clean and poisoned models.
+Entries are state dicts loaded with ``weights_only=True`` (no arbitrary
+unpickling) and verified against a sha256 recorded beside them; a corrupt
+entry is reported, deleted and recomputed, never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .atomic import atomic_path, sha256_file, write_json
+
+log = logging.getLogger("ptk")
+
+
+def tensor_digest(t: torch.Tensor | None) -> str | None:
+    """sha256 of a tensor's values (None stays None)."""
+    if t is None:
+        return None
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+
+
+def cache_key(parts: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+class ModelCache:
+    """Trained models by key under ``root/models``; ``root=None`` disables caching."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = Path(root) / "models" if root is not None else None
+        self.hits = 0
+        self.misses = 0
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        assert self.root is not None
+        return self.root / f"{key}.pt", self.root / f"{key}.json"
+
+    def load(self, key: str, model: nn.Module) -> bool:
+        """Fill ``model`` from the cache; False if absent or corrupt (a corrupt entry is deleted)."""
+        if self.root is None:
+            return False
+        weights, meta = self.paths(key)
+        if not weights.exists() or not meta.exists():
+            return False
+        try:
+            expected = json.loads(meta.read_text())["sha256"]
+            if sha256_file(weights) != expected:
+                raise ValueError("checksum mismatch")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as exc:  # corrupt, truncated, tampered or foreign file
+            log.warning("ptk: cache entry %s is corrupt (%s); removed, retraining", weights.name, exc)
+            weights.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            return False
+        self.hits += 1
+        return True
+
+    def save(self, key: str, model: nn.Module, info: dict[str, Any]) -> None:
+        self.misses += 1
+        if self.root is None:
+            return
+        weights, meta = self.paths(key)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        with atomic_path(weights) as tmp:
+            torch.save(state, tmp)
+            digest = sha256_file(tmp)
+        write_json(meta, {"sha256": digest, **info})
+
+    def get_or_train(self, key: str, build: Callable[[], nn.Module], train: Callable[[nn.Module], nn.Module],
+                     info: dict[str, Any]) -> tuple[nn.Module, bool]:
+        """The cached model for ``key``, or a freshly trained and cached one. Returns (model, was_cached)."""
+        model = build()
+        if self.load(key, model):
+            return model.eval(), True
+        model = train(model)
+        self.save(key, model, info)
+        return model, False

@@ -1,0 +1,188 @@
+"""The ``ptk`` command line: run, rerun, plugins, data."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .config import PRESETS, ExperimentConfig, load_toml, merge
+from .options import UsageError, parse_assignments
+from .registry import PluginError, load_registry
+
+RUN_FLAGS = ("dataset", "model", "attack", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
+             "test_subset", "source", "target", "target_index", "device")
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="ptk")
+def cli() -> None:
+    """ptk: data-poisoning attacks and defenses on image classifiers, as plugins."""
+    logging.basicConfig(format="%(message)s", level=logging.INFO)
+
+
+def build_config(preset: str | None, config_file: Path | None, flags: dict[str, Any], defenses: tuple[str, ...],
+                 assignments: tuple[str, ...]) -> ExperimentConfig:
+    """Defaults < --preset < --config FILE < command-line flags and -o options."""
+    file_values = load_toml(config_file) if config_file else {}
+    preset = preset or file_values.pop("preset", None) or "study"
+    file_values.pop("preset", None)
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; presets are: {', '.join(PRESETS)}")
+    values = merge(PRESETS[preset], file_values)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if defenses:
+        given["defenses"] = list(defenses)
+    given["options"] = parse_assignments(assignments)
+    return ExperimentConfig.from_dict(merge(values, given), where=str(config_file or "config"))
+
+
+def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_dir: Path | None,
+            cache_dir: Path | None, no_cache: bool) -> None:
+    """Run an experiment into ``out`` and print the table; maps failures to exit codes."""
+    from .experiment import run_experiment
+    from .report import text_table, write_report, write_results
+
+    out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out} already holds a run; pick another folder or pass --overwrite")
+    registry = load_registry()
+    errors_log = out / "errors.log"
+
+    def on_error(name: str, tb: str) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(errors_log, "a") as f:
+            f.write(f"--- defense {name} ---\n{tb}\n")
+        click.echo(f"defense {name} failed: {tb.strip().splitlines()[-1]} (traceback in {errors_log})", err=True)
+
+    try:
+        results = run_experiment(config, registry, save=lambda r: write_results(out, r), data_root=data_dir,
+                                 cache_root=cache_dir, use_cache=not no_cache, on_error=on_error)
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":
+            fail("the GPU ran out of memory; lower --batch-size (or --subset) and run again", 1)
+        raise
+    write_report(out, results)
+    click.echo(text_table(results))
+    click.echo(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'target_probs.png'}")
+    if results["status"] != "complete":
+        fail(f"{len([m for m in results['models'] if m.get('failed')])} defense(s) failed; see {errors_log}", 1)
+
+
+@cli.command()
+@click.option("--attack", help="attack plugin (default labelflip)")
+@click.option("--defense", "defenses", multiple=True, help="defense plugin; repeat, or 'all' / 'none'")
+@click.option("--dataset", help="dataset plugin (default cifar10)")
+@click.option("--model", help="model plugin (default resnet18)")
+@click.option("-o", "--option", "assignments", multiple=True, metavar="PLUGIN.KEY=VALUE", help="plugin option")
+@click.option("--preset", type=str, help="study (default: the seed study's CIFAR-10 setup) or quick (digits, ~1 min on CPU)")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file with the same settings")
+@click.option("--recipe", help="training recipe: study (Adam 1e-4) or fast (SGD Nesterov)")
+@click.option("--epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--seed", type=int)
+@click.option("--subset", type=int, help="stratified subset of N training images")
+@click.option("--test-subset", type=int, help="stratified subset of N test images")
+@click.option("--source", help="source class of the target image (name or index)")
+@click.option("--target", help="class the attacker wants the target predicted as")
+@click.option("--target-index", type=int, help="test index of the target image (default: chosen by the clean model)")
+@click.option("--device", help="auto (CUDA if present), cpu, cuda, cuda:N")
+@click.option("--out", type=click.Path(path_type=Path), help="run folder (default runs/<timestamp>)")
+@click.option("--overwrite", is_flag=True, help="allow --out to be an existing run folder")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="ptk data directory (or $PTK_DATA_DIR)")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="model cache directory (or $PTK_CACHE_DIR)")
+@click.option("--no-cache", is_flag=True, help="train every model afresh and cache nothing")
+def run(defenses, assignments, preset, config_file, out, overwrite, data_dir, cache_dir, no_cache, **flags) -> None:
+    """Train clean and poisoned models, apply defenses, and write a report."""
+    config = build_config(preset, config_file, flags, defenses, assignments)
+    execute(config, out, overwrite, data_dir, cache_dir, no_cache)
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path), help="folder for the repeat (default RUN_DIR/rerun-<time>)")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+@click.option("--cache-dir", type=click.Path(path_type=Path))
+@click.option("--no-cache", is_flag=True)
+def rerun(run_dir: Path, out, data_dir, cache_dir, no_cache) -> None:
+    """Repeat a run from the config recorded in RUN_DIR/results.json."""
+    path = run_dir / "results.json"
+    try:
+        recorded = json.loads(path.read_text())["config"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise UsageError(f"{path} is not a ptk results file ({exc})") from None
+    config = ExperimentConfig.from_dict(recorded, where=str(path))
+    execute(config, out or run_dir / time.strftime("rerun-%Y%m%d-%H%M%S"), False, data_dir, cache_dir, no_cache)
+
+
+def describe_entry(e) -> dict[str, Any]:
+    d = {"name": e.name, "kind": e.kind, "description": e.plugin.description, "plugin": e.source,
+         "distribution": e.dist, "version": e.version,
+         "options": [{"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help,
+                      **({"choices": list(o.choices)} if o.choices else {})} for o in e.plugin.options]}
+    if e.kind == "defense":
+        d["threat_model"] = dict(e.plugin.threat.__dict__)
+    return d
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+def plugins(name: str | None, as_json: bool) -> None:
+    """List registered attacks, defenses, datasets and models (or show NAME's options)."""
+    reg = load_registry()
+    entries = [describe_entry(e) for e in reg.all()]
+    broken = [b.__dict__ for b in reg.broken]
+    if name:
+        entries = [e for e in entries if e["name"] == name]
+        if not entries:
+            all_names = sorted({e.name for e in reg.all()})
+            raise UsageError(f"no plugin registers {name!r}; names are: {', '.join(all_names)}")
+    if as_json:
+        click.echo(json.dumps({"plugins": entries, "broken": broken}, indent=2))
+        return
+    for e in entries:
+        click.echo(f"{e['kind']:8} {e['name']:22} {e['distribution']} {e['version']}  {e['description']}")
+        if "threat_model" in e:
+            tm = e["threat_model"]
+            click.echo(f"{'':31}assumes: knows target={tm['knows_target']}, trusted data={tm['trusted_data']}, "
+                       f"uses poisoned model={tm['uses_poisoned_model']}")
+        if name:
+            for o in e["options"]:
+                choices = f" (one of {', '.join(map(str, o['choices']))})" if "choices" in o else ""
+                click.echo(f"    -o {e['name']}.{o['name']}={o['default']}  [{o['type']}] {o['help']}{choices}")
+    for b in broken:
+        click.echo(f"BROKEN   {b['source']:22} {b['dist']} {b['version']}  {b['error']}")
+
+
+def main() -> None:
+    """Entry point: usage errors exit 2 in one line, Ctrl-C exits 130, plugin errors name the plugin."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; finished models stay cached, rerun the same command to resume.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except UsageError as exc:
+        fail(str(exc), 2)
+    except PluginError as exc:
+        fail(str(exc), 1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)

@@ -1,0 +1,194 @@
+"""What plugins receive at run time: data, models and the shared training service.
+
+:class:`Session` owns the model plugin, recipe, cache, device and seed; every
+model of a run (clean, poisoned, each defense's retrain, each ensemble member)
+is trained through :meth:`Session.train`, so all share one recipe and one cache.
+Contexts expose a Session to attacks and defenses, limited by the threat model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, TypeVar
+
+import torch
+from torch import nn
+
+from . import train as trainlib
+from .api import ThreatModel
+from .cache import ModelCache, cache_key, tensor_digest
+from .data import Dataset, stratified_indices
+from .network import Network, channel_stats
+from .registry import Entry
+
+T = TypeVar("T")
+
+
+class ThreatModelViolation(Exception):
+    """A defense read something its declared threat model says it does not know."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """The test image the attack aims at, and the misclassification it wants."""
+
+    index: int
+    source_class: int
+    target_class: int
+    image: torch.Tensor  # uint8 (1, C, H, W)
+
+
+class Session:
+    """Builds and trains models for one run: model plugin + recipe + cache + device + seed."""
+
+    def __init__(self, data: Dataset, model: Entry, model_options: dict[str, Any], recipe: trainlib.Recipe,
+                 cache: ModelCache, device: torch.device, seed: int) -> None:
+        self.data = data
+        self.model_entry = model
+        self.model_options = model_options
+        self.recipe = recipe
+        self.cache = cache
+        self.device = device
+        self.seed = seed
+        self.mean, self.std = channel_stats(data.x_train)
+        self.trained: list[dict[str, Any]] = []  # one record per train() call, for the report
+
+    def build(self, seed: int) -> Network:
+        torch.manual_seed(seed)
+        net = self.model_entry.plugin.build(self.data.num_classes, self.data.image_shape, self.model_options)
+        return Network(net, self.mean, self.std).to(self.device)
+
+    def train(self, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None,
+              weights: torch.Tensor | None = None, seed: int | None = None, desc: str = "train") -> Network:
+        """A model trained with the run's recipe on ``x[keep]``, ``y[keep]`` (cached by content)."""
+        seed = self.seed if seed is None else seed
+        if keep is not None:
+            keep = torch.as_tensor(keep, device=x.device).long()
+            if keep.numel() < 2:
+                from .options import UsageError
+
+                raise UsageError(f"{desc}: only {keep.numel()} training samples left; cannot train")
+        key = cache_key({
+            "data": self.data.fingerprint(),
+            "x": tensor_digest(x) if x is not self.data.x_train else "clean",
+            "y": tensor_digest(y),
+            "keep": tensor_digest(keep),
+            "weights": tensor_digest(weights),
+            "model": self.model_entry.name,
+            "model_options": self.model_options,
+            "recipe": self.recipe.to_dict(),
+            "seed": seed,
+        })
+        xs, ys = (x, y) if keep is None else (x[keep], y[keep])
+        ws = weights if weights is None or keep is None else weights[keep]
+        with trainlib.Timer() as timer:
+            model, cached = self.cache.get_or_train(
+                key,
+                build=lambda: self.build(seed),
+                train=lambda m: trainlib.train_model(m, xs, ys, self.recipe, seed, ws, desc=desc),
+                info={"desc": desc, "samples": len(ys), "seed": seed},
+            )
+        self.trained.append({"desc": desc, "key": key, "cached": cached, "seconds": timer.seconds})
+        model.train_seconds = 0.0 if cached else timer.seconds  # type: ignore[attr-defined]
+        return model
+
+
+class BaseContext:
+    """Services shared by attack and defense contexts."""
+
+    def __init__(self, session: Session, data: Dataset, options_of: dict[str, dict[str, Any]]) -> None:
+        self._session = session
+        self.data = data
+        self.options_of = options_of
+
+    @property
+    def device(self) -> torch.device:
+        return self._session.device
+
+    @property
+    def seed(self) -> int:
+        return self._session.seed
+
+    @property
+    def recipe(self) -> trainlib.Recipe:
+        return self._session.recipe
+
+    def train(self, labels: torch.Tensor | None = None, keep: torch.Tensor | None = None,
+              weights: torch.Tensor | None = None, seed: int | None = None, desc: str = "train") -> Network:
+        """Train a fresh model on this context's training images with the run's recipe and cache.
+
+        ``labels`` default to this context's training labels; ``keep`` selects training
+        indices; ``weights`` are per-sample loss weights; ``seed`` defaults to the run's.
+        """
+        y = self.data.y_train if labels is None else labels
+        return self._session.train(self.data.x_train, y, keep=keep, weights=weights, seed=seed, desc=desc)
+
+    def build_model(self, seed: int | None = None) -> Network:
+        """An untrained model of the run's architecture (for defenses with their own loop)."""
+        return self._session.build(self.seed if seed is None else seed)
+
+    @staticmethod
+    def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        """Penultimate-layer activations (eval mode, no augmentation)."""
+        return trainlib.features(model, x, batch_size)
+
+    @staticmethod
+    def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        return trainlib.predict_proba(model, x, batch_size)
+
+    @staticmethod
+    def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+        return trainlib.per_sample_loss(model, x, y, batch_size)
+
+    @staticmethod
+    def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+        return trainlib.progress(items, desc, total)
+
+
+class AttackContext(BaseContext):
+    """Given to :meth:`ptk.Attack.poison`: the clean data, the clean model and the target."""
+
+    def __init__(self, session: Session, data: Dataset, options_of: dict, clean_model: Network, target: Target) -> None:
+        super().__init__(session, data, options_of)
+        self.clean_model = clean_model
+        self.target = target
+
+
+class DefenseContext(BaseContext):
+    """Given to :meth:`ptk.Defense.defend`: the poisoned training set and the poisoned model.
+
+    ``target`` and ``trusted_data`` are available only when the defense's threat
+    model declares them; otherwise reading them raises ThreatModelViolation.
+    """
+
+    def __init__(self, session: Session, data: Dataset, options_of: dict, poisoned_model: Network,
+                 target: Target, threat: ThreatModel, attack_budget: int, clean_labels: torch.Tensor,
+                 poison_indices: torch.Tensor, defense_name: str) -> None:
+        super().__init__(session, data, options_of)
+        self.poisoned_model = poisoned_model
+        self.threat = threat
+        self.attack_budget = attack_budget
+        self._target = target
+        self._clean_labels = clean_labels
+        self._poison = poison_indices
+        self._name = defense_name
+
+    @property
+    def target(self) -> Target:
+        if not self.threat.knows_target:
+            raise ThreatModelViolation(
+                f"defense {self._name!r} read the target image but its threat model says knows_target=False"
+            )
+        return self._target
+
+    def trusted_data(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training images with verified clean labels (stratified; never a poisoned sample)."""
+        if not self.threat.trusted_data:
+            raise ThreatModelViolation(
+                f"defense {self._name!r} asked for trusted data but its threat model says trusted_data=False"
+            )
+        mask = torch.ones(len(self._clean_labels), dtype=torch.bool, device=self._clean_labels.device)
+        mask[self._poison] = False
+        pool = mask.nonzero().squeeze(1)
+        pick = pool[stratified_indices(self._clean_labels[pool], min(n, len(pool)), self.seed + 7)]
+        return self.data.x_train[pick], self._clean_labels[pick]

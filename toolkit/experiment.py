@@ -1,0 +1,245 @@
+"""``ptk run``: train clean, pick the target, poison, train poisoned, defend, evaluate.
+
+Every setting is checked before the first training step. Results are written
+after every model, so a run that dies part-way keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .api import DataMissing
+from .cache import ModelCache, tensor_digest
+from .config import ExperimentConfig
+from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance
+from .context import AttackContext, DefenseContext, Session, Target
+from .evaluate import evaluate, removal_scores
+from .options import UsageError, resolve_options
+from .paths import cache_dir, data_dir
+from .registry import Entry, Registry
+from .train import RECIPES, Recipe, Timer
+
+log = logging.getLogger("ptk")
+
+
+@dataclass
+class Plan:
+    """A config resolved against the registry: plugin entries and typed options."""
+
+    config: ExperimentConfig
+    dataset: Entry
+    model: Entry
+    attack: Entry
+    defenses: list[Entry]
+    options: dict[str, dict[str, Any]]
+    recipe: Recipe
+    device: torch.device
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but torch sees no CUDA GPU; use --device cpu or auto")
+    return dev
+
+
+def plan(config: ExperimentConfig, registry: Registry) -> Plan:
+    """Resolve names and options; every usage error surfaces here, before any training."""
+    dataset = registry.get("dataset", config.dataset)
+    model = registry.get("model", config.model)
+    attack = registry.get("attack", config.attack)
+    names: list[str] = []
+    for name in config.defenses:
+        if name == "all":
+            names += registry.names("defense")
+        elif name != "none":
+            names.append(name)
+    defenses = [registry.get("defense", n) for n in dict.fromkeys(names)]
+    used = {e.name: e for e in [dataset, model, attack, *defenses]}
+    for owner in config.options:
+        if owner not in used:
+            raise UsageError(
+                f"options given for {owner!r}, which is not used in this run (used: {', '.join(used)})"
+            )
+    options = {name: resolve_options(name, e.plugin.options, config.options.get(name, {})) for name, e in used.items()}
+    defaults = RECIPES.get(config.recipe)
+    if defaults is None:
+        raise UsageError(f"unknown recipe {config.recipe!r}; recipes are: {', '.join(RECIPES)}")
+    recipe = Recipe(
+        name=config.recipe,
+        epochs=config.epochs,
+        batch_size=config.batch_size or defaults["batch_size"],
+        lr=config.lr or defaults["lr"],
+    )
+    if config.subset is not None and config.subset < 1:
+        raise UsageError(f"--subset must be positive, got {config.subset}")
+    return Plan(config, dataset, model, attack, defenses, options, recipe, pick_device(config.device))
+
+
+def load_data(p: Plan, data_root: Path):
+    try:
+        data = p.dataset.plugin.load(data_root, p.options[p.dataset.name])
+    except DataMissing as exc:
+        raise UsageError(str(exc)) from None
+    return data.subset(p.config.subset, p.config.test_subset, p.config.seed)
+
+
+def choose_target(p: Plan, data, clean_model, source: int, target_class: int) -> Target:
+    """The test image of ``source`` the clean model finds most like ``target_class`` (or --target-index)."""
+    idx = p.config.target_index
+    if idx is not None:
+        if not 0 <= idx < len(data.y_test):
+            raise UsageError(f"--target-index {idx} is out of range: the test set has {len(data.y_test)} images")
+        if int(data.y_test[idx]) != source:
+            raise UsageError(
+                f"--target-index {idx} is a {data.classes[int(data.y_test[idx])]!r} image, not of the source "
+                f"class {data.classes[source]!r}"
+            )
+    else:
+        pool = (data.y_test == source).nonzero().squeeze(1)
+        if len(pool) == 0:
+            raise UsageError(f"the test set has no image of the source class {data.classes[source]!r}")
+        probs = evaluate_probs(clean_model, data.x_test[pool])
+        idx = int(pool[probs[:, target_class].argmax()])
+    return Target(idx, source, target_class, data.x_test[idx : idx + 1])
+
+
+def evaluate_probs(model, x):
+    from .train import predict_proba
+
+    return predict_proba(model, x)
+
+
+def target_vote(ens: EnsemblePredictor, target: Target, classes: list[str], budget: int) -> dict[str, Any]:
+    """The ensemble's vote on the target and, for disjoint members, whether the poison budget exceeds its certificate."""
+    votes = ens.votes(target.image)
+    pred, tol = vote_prediction_and_tolerance(votes)
+    out: dict[str, Any] = {"target_votes": {c: int(v) for c, v in zip(classes, votes[0].tolist())},
+                           "target_vote_pred": classes[int(pred[0])]}
+    if ens.certified:
+        out["target_certified_tolerance"] = int(tol[0])
+        out["budget_exceeds_certificate"] = budget > int(tol[0])
+    return out
+
+
+def versions(p: Plan) -> dict[str, str]:
+    out = {"ptk": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    for e in [p.dataset, p.model, p.attack, *p.defenses]:
+        out[e.dist] = e.version
+    return out
+
+
+@dataclass
+class Run:
+    """A run in progress: the results dict, written out after every step."""
+
+    results: dict[str, Any]
+    save: Callable[[dict[str, Any]], None]
+    failures: list[str] = field(default_factory=list)
+
+    def add_model(self, name: str, entry: dict[str, Any]) -> None:
+        self.results["models"].append({"name": name, **entry})
+        self.save(self.results)
+
+
+def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[[dict[str, Any]], None],
+                   data_root: Path | None = None, cache_root: Path | None = None, use_cache: bool = True,
+                   on_error: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Run one experiment; ``save`` is called with the results after every model."""
+    p = plan(config, registry)
+    data = load_data(p, data_dir(data_root))
+    ds_plugin = p.dataset.plugin
+    source = data.class_index(config.source or ds_plugin.default_source or data.classes[0])
+    target_class = data.class_index(config.target or ds_plugin.default_target or data.classes[1])
+    if source == target_class:
+        raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
+    attack_opts = p.options[p.attack.name]
+    p.attack.plugin.check(data, source, target_class, attack_opts)
+    data = data.to(p.device)
+    torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
+
+    session = Session(data, p.model, p.options[p.model.name], p.recipe,
+                      ModelCache(cache_dir(cache_root) if use_cache else None), p.device, config.seed)
+    results: dict[str, Any] = {
+        "status": "running",
+        "config": config.to_dict(),
+        "resolved": {"recipe": p.recipe.to_dict(), "options": p.options, "device": str(p.device),
+                     "source_class": data.classes[source], "target_class": data.classes[target_class]},
+        "versions": versions(p),
+        "data": {"name": data.name, "fingerprint": data.fingerprint(), "train_size": len(data.y_train),
+                 "test_size": len(data.y_test), "classes": data.classes},
+        "plugins": {e.name: {"kind": e.kind, "distribution": e.dist, "version": e.version,
+                             **({"threat_model": e.plugin.threat.__dict__} if e.kind == "defense" else {})}
+                    for e in [p.dataset, p.model, p.attack, *p.defenses]},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "models": [],
+    }
+    run = Run(results, save)
+
+    clean = session.train(data.x_train, data.y_train, desc="clean model")
+    target = choose_target(p, data, clean, source, target_class)
+    results["target"] = {"index": target.index, "source_class": data.classes[source],
+                         "target_class": data.classes[target_class]}
+    run.add_model("clean", {**evaluate(clean, data, target), "train_seconds": round(clean.train_seconds, 3)})
+
+    actx = AttackContext(session, data, p.options, clean, target)
+    poisoning = p.attack.plugin.poison(actx, attack_opts)
+    poison_idx = poisoning.poison_indices.to(p.device).long()
+    poisoned_data = type(data)(data.name, poisoning.x_train if poisoning.x_train is not None else data.x_train,
+                               poisoning.y_train.to(p.device), data.x_test, data.y_test, data.classes)
+    results["attack"] = {"name": p.attack.name, "poison_indices": sorted(poison_idx.cpu().tolist()),
+                         "poisoned_labels_sha256": tensor_digest(poisoned_data.y_train), **poisoning.details}
+    poisoned = session.train(poisoned_data.x_train, poisoned_data.y_train, desc="poisoned model")
+    run.add_model("poisoned", {**evaluate(poisoned, data, target), "train_seconds": round(poisoned.train_seconds, 3)})
+
+    for entry in p.defenses:
+        ctx = DefenseContext(session, poisoned_data, p.options, poisoned, target, entry.plugin.threat,
+                             len(poison_idx), data.y_train, poison_idx, entry.name)
+        before = len(session.trained)
+        try:
+            with Timer() as timer:
+                out = entry.plugin.defend(ctx, p.options[entry.name])
+            row = {**evaluate(out.predictor, data, target), "train_seconds": round(
+                sum(t["seconds"] for t in session.trained[before:] if not t["cached"]), 3),
+                "defense_seconds": round(timer.seconds, 3),
+                "threat_model": entry.plugin.threat.describe()}
+            if out.removed_indices is not None:
+                row.update(removal_scores(out.removed_indices, poison_idx))
+            if out.sample_weights is not None:
+                w = out.sample_weights.float().cpu()
+                mask = torch.zeros(len(w), dtype=torch.bool)
+                mask[poison_idx.cpu()] = True
+                row["mean_weight_poison"] = round(w[mask].mean().item(), 6) if mask.any() else None
+                row["mean_weight_clean"] = round(w[~mask].mean().item(), 6)
+            if out.details:
+                row["details"] = out.details
+            if isinstance(out.predictor, EnsemblePredictor):
+                row.update(target_vote(out.predictor, target, data.classes, len(poison_idx)))
+            run.add_model(entry.name, row)
+        except (KeyboardInterrupt, UsageError):
+            raise
+        except Exception as exc:
+            tb = traceback.format_exc()
+            run.failures.append(entry.name)
+            run.add_model(entry.name, {"failed": True, "error": f"{type(exc).__name__}: {exc}"})
+            if on_error:
+                on_error(entry.name, tb)
+    results["cache"] = {"hits": session.cache.hits, "misses": session.cache.misses}
+    results["status"] = "failed" if run.failures else "complete"
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    save(results)
+    return results

@@ -1,0 +1,153 @@
+"""Loading plugins through the ``ptk`` entry-point group and indexing what they register.
+
+Each entry point is imported and validated on its own, so one broken plugin
+(import error, misspelled hook, hook that raises, unsupported API version) is
+recorded with its error and distribution while every other plugin still works.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.metadata as md
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .api import SUPPORTED_API_VERSIONS, Attack, DatasetSource, Defense, ModelSpec, Plugin
+from .options import UsageError
+
+GROUP = "ptk"
+KINDS = {"attack": Attack, "defense": Defense, "dataset": DatasetSource, "model": ModelSpec}
+HOOK_OF_KIND = {"attack": "register_attacks", "defense": "register_defenses",
+                "dataset": "register_datasets", "model": "register_models"}
+
+
+class PluginError(Exception):
+    """A plugin failed (import, validation, or while running); the message names the plugin."""
+
+
+@dataclass
+class Entry:
+    """One registered attack/defense/dataset/model and where it came from."""
+
+    plugin: Plugin
+    source: str  # the entry-point (or in-process) plugin name
+    dist: str
+    version: str
+
+    @property
+    def name(self) -> str:
+        return self.plugin.name
+
+    @property
+    def kind(self) -> str:
+        return self.plugin.kind
+
+
+@dataclass
+class Broken:
+    source: str
+    dist: str
+    version: str
+    error: str
+
+
+@dataclass
+class Registry:
+    entries: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    broken: list[Broken] = field(default_factory=list)
+    pm: pluggy.PluginManager = field(default_factory=lambda: new_manager())
+
+    def all(self) -> Iterable[Entry]:
+        for kind in KINDS:
+            yield from sorted(self.entries[kind].values(), key=lambda e: e.name)
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.entries[kind])
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry called ``name``, or a UsageError listing the names and the closest match."""
+        table = self.entries[kind]
+        if name in table:
+            return table[name]
+        for b in self.broken:
+            if b.source == name:
+                raise PluginError(f"{kind} {name!r} comes from plugin {b.source} ({b.dist}), which failed to load: {b.error}")
+        close = difflib.get_close_matches(name, list(table), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UsageError(f"unknown {kind} {name!r}; {kind}s are: {', '.join(sorted(table)) or 'none'}.{hint}")
+
+    def add_plugin(self, obj: Any, source: str, dist: str = "(in-process)", version: str = "") -> None:
+        """Register a plugin object (a module or any object with hookimpls) and collect what it registers.
+
+        Used for entry points and, in tests and notebooks, for in-process plugins.
+        """
+        try:
+            self.pm.register(obj, name=source)
+            self.pm.check_pending()
+        except Exception as exc:  # misspelled hook or bad signature
+            if self.pm.is_registered(obj):
+                self.pm.unregister(obj)
+            self.broken.append(Broken(source, dist, version, f"{type(exc).__name__}: {exc}"))
+            return
+        collected: list[Plugin] = []
+        try:
+            for kind, hook in HOOK_OF_KIND.items():
+                for impl in getattr(self.pm.hook, hook).get_hookimpls():
+                    if impl.plugin is obj:
+                        impl.function(register=lambda p, _k=kind: collected.append(check_plugin(p, _k)))
+        except Exception as exc:
+            self.pm.unregister(obj)
+            self.broken.append(Broken(source, dist, version, f"{type(exc).__name__}: {exc}"))
+            return
+        for plugin in collected:
+            table = self.entries[plugin.kind]
+            if plugin.name in table:
+                other = table[plugin.name]
+                raise PluginError(
+                    f"{plugin.kind} name {plugin.name!r} is registered twice: by {other.dist} "
+                    f"(plugin {other.source}) and by {dist} (plugin {source}); uninstall one of them"
+                )
+            table[plugin.name] = Entry(plugin, source, dist, version)
+
+
+def check_plugin(plugin: Any, kind: str) -> Plugin:
+    """Refuse objects of the wrong kind, without a name, or declaring an unsupported API version."""
+    base = KINDS[kind]
+    if not isinstance(plugin, base):
+        raise TypeError(f"register_{kind}s registered {plugin!r}, which is not a ptk.{base.__name__}")
+    if not plugin.name:
+        raise TypeError(f"{type(plugin).__name__} has no name")
+    if plugin.api_version not in SUPPORTED_API_VERSIONS:
+        raise TypeError(
+            f"{kind} {plugin.name!r} declares plugin API version {plugin.api_version}; this ptk supports "
+            f"{', '.join(map(str, SUPPORTED_API_VERSIONS))}: upgrade ptk or install a matching plugin version"
+        )
+    return plugin
+
+
+def new_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_registry(entry_points: bool = True) -> Registry:
+    """A registry of every installed plugin (the ``ptk`` entry-point group)."""
+    reg = Registry()
+    if not entry_points:
+        return reg
+    for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
+        dist = ep.dist.metadata["Name"] if ep.dist else "unknown"
+        version = ep.dist.version if ep.dist else ""
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            reg.broken.append(Broken(ep.name, dist, version, f"import failed: {tb}"))
+            continue
+        reg.add_plugin(obj, ep.name, dist, version)
+    return reg

@@ -1,0 +1,117 @@
+"""What a run writes: results.json, report.md, target_probs.png, and the console table."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from .atomic import write_bytes, write_json, write_text
+
+COLUMNS = ("model", "test acc", "P(source)", "P(target)", "pred", "success", "removed", "precision", "recall",
+           "train s")
+
+
+def fmt(value: Any, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if pct:
+        return f"{100 * value:.2f}%"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def table_rows(results: dict[str, Any]) -> list[list[str]]:
+    src = results.get("target", {}).get("source_class")
+    tgt = results.get("target", {}).get("target_class")
+    rows = []
+    for m in results["models"]:
+        if m.get("failed"):
+            rows.append([m["name"], "FAILED: " + m["error"][:60]] + [""] * (len(COLUMNS) - 2))
+            continue
+        probs = m["target_probs"]
+        rows.append([
+            m["name"], fmt(m["test_accuracy"], True), fmt(probs.get(src), True), fmt(probs.get(tgt), True),
+            m["target_pred"], fmt(m["attack_success"]), fmt(m.get("removed_count")),
+            fmt(m.get("removal_precision"), True), fmt(m.get("removal_recall"), True), fmt(m.get("train_seconds")),
+        ])
+    return rows
+
+
+def text_table(results: dict[str, Any]) -> str:
+    rows = [list(COLUMNS)] + table_rows(results)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    t = results.get("target", {})
+    cfg = results["config"]
+    lines = [
+        "# ptk report", "",
+        f"- data set: {results['data']['name']} ({results['data']['train_size']} train / "
+        f"{results['data']['test_size']} test images)",
+        f"- model: {cfg['model']}, recipe: {results['resolved']['recipe']}",
+        f"- attack: {cfg['attack']}, target: test image {t.get('index')} ({t.get('source_class')} -> "
+        f"{t.get('target_class')}), poisoned samples: {len(results.get('attack', {}).get('poison_indices', []))}",
+        f"- seed: {cfg['seed']}, device: {results['resolved']['device']}, status: {results['status']}", "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(r) + " |" for r in table_rows(results)]
+    lines += ["", "P(source) / P(target): probability the model gives the target image for its true (source) "
+              "class and for the attacker's target class. success: the target image is predicted as the target "
+              "class. precision / recall: of the samples a defense removed, against the attack's true poison.", ""]
+    for m in results["models"]:
+        extra = {k: v for k, v in m.items() if k in ("threat_model", "details", "target_votes",
+                 "target_certified_tolerance", "budget_exceeds_certificate", "mean_weight_poison",
+                 "mean_weight_clean")}
+        if extra:
+            lines.append(f"## {m['name']}")
+            lines += [f"- {k}: {v}" for k, v in extra.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+def chart_png(results: dict[str, Any]) -> bytes:
+    """The study's chart: source vs target-class probability of the target image, per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = results["target"]
+    models = [m for m in results["models"] if not m.get("failed")]
+    names = [m["name"] for m in models]
+    src = [m["target_probs"][t["source_class"]] for m in models]
+    tgt = [m["target_probs"][t["target_class"]] for m in models]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
+    xs = range(len(names))
+    ax.bar([x - 0.2 for x in xs], src, 0.4, label=f"P({t['source_class']})")
+    ax.bar([x + 0.2 for x in xs], tgt, 0.4, label=f"P({t['target_class']})")
+    ax.set_xticks(list(xs), names, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("probability for the target image")
+    ax.set_title(f"Target test image {t['index']}: {t['source_class']} vs {t['target_class']}")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    write_json(out / "results.json", results)
+
+
+def write_report(out: Path, results: dict[str, Any]) -> None:
+    write_results(out, results)
+    write_text(out / "report.md", markdown(results))
+    if results.get("target") and results["models"]:
+        write_bytes(out / "target_probs.png", chart_png(results))

@@ -1,0 +1,167 @@
+"""The training loop and the batched inference passes every model goes through.
+
+Flat on purpose (airbench / nanoGPT style): data are tensors on the device,
+augmentation is batched, and one seed fixes initialisation, shuffling and
+augmentation. On CUDA the forward runs under bf16 autocast in channels_last.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import random_crop_flip
+from .options import UsageError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How every model of a run is trained. ``study`` is the seed study's recipe.
+
+    ``fast`` is SGD with Nesterov momentum, label smoothing, warm-up and linear
+    decay at a larger batch: the recipe for full runs on a GPU.
+    """
+
+    name: str = "study"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-4
+    augment: bool = True
+
+    def __post_init__(self) -> None:
+        if self.name not in RECIPES:
+            raise UsageError(f"unknown recipe {self.name!r}; recipes are: {', '.join(RECIPES)}")
+        if self.epochs < 1:
+            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+RECIPES = {"study": dict(batch_size=128, lr=1e-4), "fast": dict(batch_size=512, lr=0.2)}
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
+    """A tqdm bar on stderr when it is a terminal; silent in logs and tests."""
+    from tqdm.auto import tqdm
+
+    return iter(tqdm(items, desc=desc, total=total, leave=False, disable=None if enabled else True))
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op context on the CPU (fp32 keeps CPU runs bit-reproducible)."""
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_model(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: Recipe,
+    seed: int,
+    weights: torch.Tensor | None = None,
+    desc: str = "train",
+) -> nn.Module:
+    """Train ``model`` in place on uint8 images ``x`` with labels ``y``; returns it in eval mode.
+
+    ``weights`` are per-sample loss weights (mean-normalised per batch by the
+    caller's choice: the loss is ``sum(w * ce) / len(batch)``).
+    """
+    device = x.device
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    n = len(y)
+    steps_per_epoch = math.ceil(n / recipe.batch_size)
+    total_steps = recipe.epochs * steps_per_epoch
+    if recipe.name == "fast":
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        warm = max(1, total_steps // 20)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total_steps - s) / (total_steps - warm))
+        )
+        smoothing = 0.1
+    else:
+        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
+        sched = None
+        smoothing = 0.0
+    for _ in progress(range(recipe.epochs), desc=desc):
+        order = torch.randperm(n, generator=gen).to(device)
+        for idx in order.split(recipe.batch_size):
+            if len(idx) < 2 and n >= 2:  # BatchNorm needs two samples; drop a size-1 tail batch
+                continue
+            xb = x[idx]
+            if recipe.augment:
+                xb = random_crop_flip(xb, gen)
+            if device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), y[idx], reduction="none", label_smoothing=smoothing)
+            if weights is not None:
+                loss = loss * weights[idx]
+            loss = loss.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+    model.eval()
+    return model
+
+
+@torch.no_grad()
+def batched(model_fn, x: torch.Tensor, batch_size: int = 512, desc: str | None = None) -> torch.Tensor:
+    """Apply ``model_fn`` to ``x`` in eval-mode batches and concatenate (float32 results)."""
+    chunks = x.split(batch_size)
+    it = progress(chunks, desc=desc, total=len(chunks)) if desc and len(chunks) > 4 else chunks
+    out = []
+    for xb in it:
+        with autocast(x.device):
+            out.append(model_fn(xb).float())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict_proba(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Softmax probabilities of an eval-mode model on uint8 images."""
+    model.eval()
+    return batched(lambda b: model(b).float().softmax(1), x, batch_size)
+
+
+def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Penultimate-layer activations of an eval-mode model on uint8 images."""
+    model.eval()
+    return batched(model.features, x, batch_size, desc="features")
+
+
+def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Cross-entropy of each sample under an eval-mode model, no augmentation."""
+    model.eval()
+    logits = batched(model, x, batch_size, desc="per-sample loss")
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+class Timer:
+    """Wall-clock seconds of a block: ``with Timer() as t: ...; t.seconds``."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
