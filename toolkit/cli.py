@@ -22,10 +22,28 @@ RUN_FLAGS = ("dataset", "model", "attack", "recipe", "epochs", "batch_size", "lr
 
 def fail(message: str, code: int) -> None:
     click.echo(f"Error: {message}", err=True)
-    sys.exit(code)
+    click.get_current_context().exit(code)
 
 
-@click.group()
+class PtkGroup(click.Group):
+    """Maps failures to one-line messages and exit codes, for the console script and CliRunner alike:
+    usage errors exit 2, plugin errors 1 (naming the plugin), Ctrl-C 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UsageError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(2)
+        except PluginError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: finished models stay cached; rerun the same command to resume.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=PtkGroup)
 @click.version_option(__version__, prog_name="ptk")
 def cli() -> None:
     """ptk: data-poisoning attacks and defenses on image classifiers, as plugins."""
@@ -168,21 +186,4 @@ def plugins(name: str | None, as_json: bool) -> None:
 
 
 def main() -> None:
-    """Entry point: usage errors exit 2 in one line, Ctrl-C exits 130, plugin errors name the plugin."""
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("Interrupted; finished models stay cached, rerun the same command to resume.", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except UsageError as exc:
-        fail(str(exc), 2)
-    except PluginError as exc:
-        fail(str(exc), 1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    cli()

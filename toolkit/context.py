@@ -90,6 +90,7 @@ class Session:
             )
         self.trained.append({"desc": desc, "key": key, "cached": cached, "seconds": timer.seconds})
         model.train_seconds = 0.0 if cached else timer.seconds  # type: ignore[attr-defined]
+        model.cached = cached  # type: ignore[attr-defined]
         return model
 
 

@@ -6,6 +6,7 @@ after every model, so a run that dies part-way keeps what it finished.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import platform
 import time
@@ -70,11 +71,13 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
             names.append(name)
     defenses = [registry.get("defense", n) for n in dict.fromkeys(names)]
     used = {e.name: e for e in [dataset, model, attack, *defenses]}
+    registered = {e.name for e in registry.all()}
     for owner in config.options:
-        if owner not in used:
-            raise UsageError(
-                f"options given for {owner!r}, which is not used in this run (used: {', '.join(used)})"
-            )
+        if owner not in registered:
+            close = difflib.get_close_matches(owner, sorted(registered), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"options given for {owner!r}, which no installed plugin registers.{hint}")
+        # options of a registered plugin this run does not use (say, a preset's ensemble.k) are ignored
     options = {name: resolve_options(name, e.plugin.options, config.options.get(name, {})) for name, e in used.items()}
     defaults = RECIPES.get(config.recipe)
     if defaults is None:
@@ -99,7 +102,10 @@ def load_data(p: Plan, data_root: Path):
 
 
 def choose_target(p: Plan, data, clean_model, source: int, target_class: int) -> Target:
-    """The test image of ``source`` the clean model finds most like ``target_class`` (or --target-index)."""
+    """The correctly classified test image of ``source`` the clean model finds most like ``target_class``.
+
+    ``--target-index`` overrides the choice (it must be a source-class image).
+    """
     idx = p.config.target_index
     if idx is not None:
         if not 0 <= idx < len(data.y_test):
@@ -114,7 +120,11 @@ def choose_target(p: Plan, data, clean_model, source: int, target_class: int) ->
         if len(pool) == 0:
             raise UsageError(f"the test set has no image of the source class {data.classes[source]!r}")
         probs = evaluate_probs(clean_model, data.x_test[pool])
-        idx = int(pool[probs[:, target_class].argmax()])
+        # Among images the clean model gets right (the attack must cause the error), the one
+        # it finds most like the target class; all of the pool if it gets none right.
+        right = probs.argmax(1) == source
+        score = probs[:, target_class] - (~right).float() * 2 if right.any() else probs[:, target_class]
+        idx = int(pool[score.argmax()])
     return Target(idx, source, target_class, data.x_test[idx : idx + 1])
 
 
@@ -134,6 +144,10 @@ def target_vote(ens: EnsemblePredictor, target: Target, classes: list[str], budg
         out["target_certified_tolerance"] = int(tol[0])
         out["budget_exceeds_certificate"] = budget > int(tol[0])
     return out
+
+
+def train_info(model) -> dict[str, Any]:
+    return {"train_seconds": round(model.train_seconds, 3), "cached": model.cached}
 
 
 def versions(p: Plan) -> dict[str, str]:
@@ -194,7 +208,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     target = choose_target(p, data, clean, source, target_class)
     results["target"] = {"index": target.index, "source_class": data.classes[source],
                          "target_class": data.classes[target_class]}
-    run.add_model("clean", {**evaluate(clean, data, target), "train_seconds": round(clean.train_seconds, 3)})
+    run.add_model("clean", {**evaluate(clean, data, target), **train_info(clean)})
 
     actx = AttackContext(session, data, p.options, clean, target)
     poisoning = p.attack.plugin.poison(actx, attack_opts)
@@ -204,7 +218,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     results["attack"] = {"name": p.attack.name, "poison_indices": sorted(poison_idx.cpu().tolist()),
                          "poisoned_labels_sha256": tensor_digest(poisoned_data.y_train), **poisoning.details}
     poisoned = session.train(poisoned_data.x_train, poisoned_data.y_train, desc="poisoned model")
-    run.add_model("poisoned", {**evaluate(poisoned, data, target), "train_seconds": round(poisoned.train_seconds, 3)})
+    run.add_model("poisoned", {**evaluate(poisoned, data, target), **train_info(poisoned)})
 
     for entry in p.defenses:
         ctx = DefenseContext(session, poisoned_data, p.options, poisoned, target, entry.plugin.threat,

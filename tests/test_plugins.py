@@ -1,0 +1,112 @@
+"""The plugin core: entry-point discovery, in-process registration, validation, `ptk plugins`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import ptk
+from ptk.registry import PluginError, load_registry
+
+BUILTINS = {("attack", "labelflip"), ("defense", "ensemble"), ("dataset", "digits"), ("model", "resnet18")}
+
+
+class NullDefense(ptk.Defense):
+    name = "null-defense"
+    description = "returns the poisoned model unchanged"
+    threat = ptk.ThreatModel(knows_target=True)
+
+    def defend(self, ctx, options):
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, details={"saw_target": ctx.target.index})
+
+
+class InProcessPlugin:
+    @ptk.hookimpl
+    def register_defenses(self, register):
+        register(NullDefense())
+
+    @ptk.hookimpl
+    def register_attacks(self, register):
+        pass
+
+
+def test_builtins_come_from_the_ptk_entry_point_group():
+    reg = load_registry()
+    found = {(e.kind, e.name) for e in reg.all()}
+    assert BUILTINS <= found
+    for e in reg.all():
+        if (e.kind, e.name) in BUILTINS:
+            assert e.dist == "ptk" and e.version == ptk.__version__
+    assert not [b for b in reg.broken if b.dist == "ptk"]
+
+
+def test_in_process_plugin_registers_through_the_hooks():
+    reg = load_registry()
+    reg.add_plugin(InProcessPlugin(), "inproc")
+    entry = reg.get("defense", "null-defense")
+    assert entry.dist == "(in-process)" and entry.source == "inproc"
+
+
+def test_misspelled_hook_is_an_error_naming_the_plugin():
+    class Typo:
+        @ptk.hookimpl
+        def register_defences(self, register):  # British spelling: no such hook
+            register(NullDefense())
+
+    reg = load_registry(entry_points=False)
+    reg.add_plugin(Typo(), "typo-plugin", dist="typo-dist")
+    assert [b.source for b in reg.broken] == ["typo-plugin"]
+    assert "register_defences" in reg.broken[0].error
+    with pytest.raises(ptk.UsageError):
+        reg.get("defense", "null-defense")
+
+
+def test_duplicate_names_name_both_distributions():
+    reg = load_registry(entry_points=False)
+    reg.add_plugin(InProcessPlugin(), "first", dist="dist-one")
+    with pytest.raises(PluginError, match="dist-one.*dist-two"):
+        reg.add_plugin(InProcessPlugin(), "second", dist="dist-two")
+
+
+def test_hook_that_raises_marks_only_that_plugin_broken():
+    class Raises:
+        @ptk.hookimpl
+        def register_attacks(self, register):
+            raise RuntimeError("boom")
+
+    reg = load_registry()
+    reg.add_plugin(Raises(), "raiser", dist="bad-dist")
+    assert any(b.source == "raiser" and "boom" in b.error for b in reg.broken)
+    assert reg.get("attack", "labelflip")  # the others still work
+
+
+def test_unsupported_api_version_is_refused_with_supported_versions():
+    class Future(NullDefense):
+        name = "future"
+        api_version = 99
+
+    class P:
+        @ptk.hookimpl
+        def register_defenses(self, register):
+            register(Future())
+
+    reg = load_registry(entry_points=False)
+    reg.add_plugin(P(), "future-plugin")
+    assert "99" in reg.broken[0].error and "supports 1" in reg.broken[0].error
+
+
+def test_unknown_name_suggests_closest(ptk):
+    res = ptk("run", "--defense", "ensembel", "--preset", "quick", expect=2)
+    assert "unknown defense 'ensembel'" in res.output and "Did you mean 'ensemble'" in res.output
+
+
+def test_plugins_command_lists_kind_distribution_and_threat_model(ptk):
+    out = json.loads(ptk("plugins", "--json").output)
+    rows = {(p["kind"], p["name"]): p for p in out["plugins"]}
+    assert BUILTINS <= set(rows)
+    ens = rows[("defense", "ensemble")]
+    assert ens["distribution"] == "ptk" and ens["threat_model"]["knows_target"] is False
+    assert {o["name"] for o in ens["options"]} == {"k", "mode"}
+    text = ptk("plugins", "labelflip").output
+    assert "-o labelflip.budget=250" in text

@@ -1,0 +1,55 @@
+"""End to end through the CLI on real handwritten digits: the attack works, the report is complete."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import TINY, load_results, model_row
+
+
+def test_labelflip_then_ensemble_end_to_end(ptk, tmp_path):
+    out = tmp_path / "run"
+    res = ptk("run", "--attack", "labelflip", "--defense", "ensemble", *TINY, "-o", "ensemble.k=3", "--out", out)
+    r = load_results(out)
+    assert r["status"] == "complete"
+    assert [m["name"] for m in r["models"]] == ["clean", "poisoned", "ensemble"]
+    src, tgt = r["target"]["source_class"], r["target"]["target_class"]
+    clean, poisoned, ens = (model_row(r, n) for n in ("clean", "poisoned", "ensemble"))
+    # the attack works: the poisoned model moves the target image toward the target class
+    assert poisoned["target_probs"][tgt] > clean["target_probs"][tgt] + 0.3
+    assert clean["target_pred"] == src and poisoned["attack_success"]
+    assert len(r["attack"]["poison_indices"]) == 30
+    assert clean["test_accuracy"] > 0.6 and poisoned["test_accuracy"] > 0.6
+    assert ens["test_accuracy"] > 0.2  # 3 members of ~270 images each: weak, but far above chance (0.1)
+    for m in r["models"]:
+        assert abs(sum(m["target_probs"].values()) - 1) < 1e-3
+    # partition ensemble: disjoint members, a certificate for the target
+    assert sum(ens["details"]["member_sizes"]) == r["data"]["train_size"]
+    assert sum(ens["target_votes"].values()) == 3
+    assert isinstance(ens["budget_exceeds_certificate"], bool)
+    # report files exist and parse; the console shows the table
+    assert (out / "report.md").read_text().count("| ensemble |") == 1
+    assert (out / "target_probs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "poisoned" in res.output and "ensemble" in res.output
+    # rerunnable from what it wrote down
+    assert r["config"]["options"]["labelflip"]["budget"] == "30"
+    json.dumps(r)
+
+
+def test_second_run_with_another_defense_reuses_clean_and_poisoned(ptk, tmp_path):
+    ptk("run", "--defense", "none", *TINY, "--out", tmp_path / "a")
+    ptk("run", "--defense", "ensemble", "-o", "ensemble.k=2", "-o", "ensemble.mode=seeds", *TINY,
+        "--out", tmp_path / "b")
+    b = load_results(tmp_path / "b")
+    assert model_row(b, "clean")["cached"] and model_row(b, "poisoned")["cached"]
+    assert not model_row(b, "ensemble").get("cached", False)
+    assert b["cache"]["hits"] >= 2
+
+
+def test_existing_out_folder_is_not_overwritten(ptk, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    res = ptk("run", "--defense", "none", *TINY, "--out", out, expect=2)
+    assert "--overwrite" in res.output
+    assert (out / "results.json").read_text() == "{}"

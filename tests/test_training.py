@@ -1,0 +1,68 @@
+"""Trainer building blocks: batched augmentation, the model plugin, reproducibility, weights."""
+
+from __future__ import annotations
+
+import torch
+
+from ptk.augment import random_crop_flip
+from ptk.network import Network, channel_stats
+from ptk.train import Recipe, train_model
+from ptk_plugins.resnet import CifarResNet18
+
+
+def test_crop_flip_is_a_shifted_window_of_the_padded_image():
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8)
+    out = random_crop_flip(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(len(x)):  # every output is some crop of the padded input, maybe flipped
+        found = any(
+            torch.equal(out[i], c) or torch.equal(out[i], c.flip(2))
+            for dy in range(9) for dx in range(9) for c in [padded[i, :, dy:dy + 32, dx:dx + 32]]
+        )
+        assert found
+    again = random_crop_flip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert not torch.equal(out, x)
+
+
+def test_resnet18_shapes_and_features():
+    for width in (8, 64):
+        net = CifarResNet18(10, width=width)
+        x = torch.randn(2, 3, 32, 32)
+        assert net.features(x).shape == (2, 8 * width)
+        assert torch.allclose(net.head(net.features(x)), net(x))
+    assert sum(p.numel() for p in CifarResNet18(10).parameters()) == 11_173_962  # standard CIFAR ResNet-18
+
+
+def tiny_problem():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (96, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (96,), generator=g)
+    return x, y
+
+
+def make_model(x, seed=0):
+    torch.manual_seed(seed)
+    return Network(CifarResNet18(3, width=4), *channel_stats(x))
+
+
+def test_same_seed_same_weights_on_cpu():
+    x, y = tiny_problem()
+    r = Recipe(epochs=2, batch_size=32, lr=1e-3)
+    a = train_model(make_model(x), x, y, r, seed=3)
+    b = train_model(make_model(x), x, y, r, seed=3)
+    c = train_model(make_model(x), x, y, r, seed=4)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+def test_zero_weights_mean_no_learning_from_those_samples():
+    x, y = tiny_problem()
+    r = Recipe(epochs=1, batch_size=32, lr=1e-3, augment=False)
+    before = make_model(x)
+    start = {k: v.clone() for k, v in before.state_dict().items()}
+    after = train_model(before, x, y, r, seed=0, weights=torch.zeros(len(y)))
+    params = dict(after.named_parameters())
+    assert all(torch.equal(start[k], params[k]) for k in params)  # zero loss weight -> zero gradient
