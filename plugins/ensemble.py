@@ -43,13 +43,19 @@ class Ensemble(Defense):
         if mode == "partition":
             part = partition_of(ctx.data.x_train, k).to(ctx.device)
         gen = torch.Generator().manual_seed(ctx.seed)
+        abstaining = []
         for i in range(k):
             keep = None
             if mode == "partition":
                 keep = (part == i).nonzero().squeeze(1)
+                if len(keep) < 2:  # too little data to train: the member abstains from every vote
+                    abstaining.append(i)
+                    continue
             elif mode == "bagging":
                 keep = torch.randint(0, n, (n,), generator=gen).sort().values.to(ctx.device)
             members.append(ctx.train(keep=keep, seed=ctx.seed + 1 + i, desc=f"ensemble member {i + 1}/{k}"))
+        if not members:
+            raise ValueError(f"all {k} partitions hold fewer than 2 samples; lower -o ensemble.k")
         ens = EnsemblePredictor(members, ctx.predict_proba, certified=mode == "partition")
 
         test_votes = ens.votes(ctx.data.x_test)
@@ -61,6 +67,7 @@ class Ensemble(Defense):
         }
         if mode == "partition":
             details["member_sizes"] = torch.bincount(part.cpu(), minlength=k).tolist()
+            details["abstaining_members"] = abstaining
             details["certified_tolerance_histogram"] = torch.bincount(tol.cpu(), minlength=k // 2 + 1).tolist()
             details["mean_certified_tolerance"] = round(tol.float().mean().item(), 6)
         return DefenseResult(predictor=ens, details=details)

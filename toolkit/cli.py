@@ -66,14 +66,24 @@ def build_config(preset: str | None, config_file: Path | None, flags: dict[str, 
     return ExperimentConfig.from_dict(merge(values, given), where=str(config_file or "config"))
 
 
+def interrupted_run(out: Path) -> bool:
+    """True if ``out`` holds a run that was killed part-way (rerunning into it resumes from the cache)."""
+    try:
+        return json.loads((out / "results.json").read_text()).get("status") == "running"
+    except (OSError, ValueError):
+        return False
+
+
 def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_dir: Path | None,
             cache_dir: Path | None, no_cache: bool) -> None:
     """Run an experiment into ``out`` and print the table; maps failures to exit codes."""
+    import torch
+
     from .experiment import run_experiment
     from .report import text_table, write_report, write_results
 
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    if out.exists() and any(out.iterdir()) and not overwrite and not interrupted_run(out):
         raise UsageError(f"--out {out} already holds a run; pick another folder or pass --overwrite")
     registry = load_registry()
     errors_log = out / "errors.log"
@@ -88,7 +98,7 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
         results = run_experiment(config, registry, save=lambda r: write_results(out, r), data_root=data_dir,
                                  cache_root=cache_dir, use_cache=not no_cache, on_error=on_error)
     except Exception as exc:
-        if type(exc).__name__ == "OutOfMemoryError":
+        if isinstance(exc, torch.OutOfMemoryError):
             fail("the GPU ran out of memory; lower --batch-size (or --subset) and run again", 1)
         raise
     write_report(out, results)
@@ -187,3 +197,8 @@ def plugins(name: str | None, as_json: bool) -> None:
 
 def main() -> None:
     cli()
+
+
+from .cli_data import data as _data  # noqa: E402
+
+cli.add_command(_data)

@@ -26,7 +26,7 @@ from .context import AttackContext, DefenseContext, Session, Target
 from .evaluate import evaluate, removal_scores
 from .options import UsageError, resolve_options
 from .paths import cache_dir, data_dir
-from .registry import Entry, Registry
+from .registry import Entry, PluginError, Registry
 from .train import RECIPES, Recipe, Timer
 
 log = logging.getLogger("ptk")
@@ -101,21 +101,25 @@ def load_data(p: Plan, data_root: Path):
     return data.subset(p.config.subset, p.config.test_subset, p.config.seed)
 
 
+def check_target_index(idx: int | None, data, source: int) -> None:
+    if idx is None:
+        return
+    if not 0 <= idx < len(data.y_test):
+        raise UsageError(f"--target-index {idx} is out of range: the test set has {len(data.y_test)} images")
+    if int(data.y_test[idx]) != source:
+        raise UsageError(
+            f"--target-index {idx} is a {data.classes[int(data.y_test[idx])]!r} image, not of the source "
+            f"class {data.classes[source]!r}"
+        )
+
+
 def choose_target(p: Plan, data, clean_model, source: int, target_class: int) -> Target:
     """The correctly classified test image of ``source`` the clean model finds most like ``target_class``.
 
     ``--target-index`` overrides the choice (it must be a source-class image).
     """
     idx = p.config.target_index
-    if idx is not None:
-        if not 0 <= idx < len(data.y_test):
-            raise UsageError(f"--target-index {idx} is out of range: the test set has {len(data.y_test)} images")
-        if int(data.y_test[idx]) != source:
-            raise UsageError(
-                f"--target-index {idx} is a {data.classes[int(data.y_test[idx])]!r} image, not of the source "
-                f"class {data.classes[source]!r}"
-            )
-    else:
+    if idx is None:
         pool = (data.y_test == source).nonzero().squeeze(1)
         if len(pool) == 0:
             raise UsageError(f"the test set has no image of the source class {data.classes[source]!r}")
@@ -181,6 +185,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     target_class = data.class_index(config.target or ds_plugin.default_target or data.classes[1])
     if source == target_class:
         raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
+    check_target_index(config.target_index, data, source)
     attack_opts = p.options[p.attack.name]
     p.attack.plugin.check(data, source, target_class, attack_opts)
     data = data.to(p.device)
@@ -211,7 +216,13 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     run.add_model("clean", {**evaluate(clean, data, target), **train_info(clean)})
 
     actx = AttackContext(session, data, p.options, clean, target)
-    poisoning = p.attack.plugin.poison(actx, attack_opts)
+    try:
+        poisoning = p.attack.plugin.poison(actx, attack_opts)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"attack {p.attack.name!r} (plugin {p.attack.source}, {p.attack.dist}) failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
     poison_idx = poisoning.poison_indices.to(p.device).long()
     poisoned_data = type(data)(data.name, poisoning.x_train if poisoning.x_train is not None else data.x_train,
                                poisoning.y_train.to(p.device), data.x_test, data.y_test, data.classes)
@@ -244,9 +255,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
             if isinstance(out.predictor, EnsemblePredictor):
                 row.update(target_vote(out.predictor, target, data.classes, len(poison_idx)))
             run.add_model(entry.name, row)
-        except (KeyboardInterrupt, UsageError):
-            raise
-        except Exception as exc:
+        except Exception as exc:  # one failing defense must not cost the others (KeyboardInterrupt passes)
             tb = traceback.format_exc()
             run.failures.append(entry.name)
             run.add_model(entry.name, {"failed": True, "error": f"{type(exc).__name__}: {exc}"})

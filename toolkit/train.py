@@ -65,6 +65,50 @@ def autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def make_optimizer(
+    model: nn.Module, recipe: Recipe, n: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None, float]:
+    """``(optimiser, per-step LR schedule or None, label smoothing)`` of ``recipe`` for ``n`` training samples.
+
+    Adam (``study``) or SGD with warm-up and linear decay (``fast``). Shared by
+    :func:`train_model` and defenses with their own loop, so every model of a
+    run steps the same way.
+    """
+    total_steps = recipe.epochs * math.ceil(n / recipe.batch_size)
+    if recipe.name == "fast":
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: fast_lr_factor(s, total_steps))
+        return opt, sched, 0.1
+    return torch.optim.Adam(model.parameters(), lr=recipe.lr), None, 0.0
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+    """One epoch of shuffled index batches (shuffled by ``gen``); a size-1 tail is dropped (BatchNorm needs two)."""
+    order = torch.randperm(n, generator=gen).to(device)
+    for idx in order.split(batch_size):
+        if len(idx) < 2 and n >= 2:
+            continue
+        yield idx
+
+
+def training_batch(x: torch.Tensor, idx: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
+    """Images ``x[idx]``, augmented if the recipe says so, in channels_last on CUDA."""
+    xb = x[idx]
+    if recipe.augment:
+        xb = random_crop_flip(xb, gen)
+    if xb.device.type == "cuda":
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    return xb
+
+
+def fast_lr_factor(step: int, total_steps: int) -> float:
+    """The ``fast`` recipe's schedule: linear warm-up over the first 5% of steps, then linear decay to 0."""
+    warm = max(1, total_steps // 20)
+    if step < warm:
+        return (step + 1) / warm
+    return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+
 def train_model(
     model: nn.Module,
     x: torch.Tensor,
@@ -86,29 +130,10 @@ def train_model(
         model = model.to(memory_format=torch.channels_last)
     model.train()
     n = len(y)
-    steps_per_epoch = math.ceil(n / recipe.batch_size)
-    total_steps = recipe.epochs * steps_per_epoch
-    if recipe.name == "fast":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        warm = max(1, total_steps // 20)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: (s + 1) / warm if s < warm else max(0.0, (total_steps - s) / (total_steps - warm))
-        )
-        smoothing = 0.1
-    else:
-        opt = torch.optim.Adam(model.parameters(), lr=recipe.lr)
-        sched = None
-        smoothing = 0.0
+    opt, sched, smoothing = make_optimizer(model, recipe, n)
     for _ in progress(range(recipe.epochs), desc=desc):
-        order = torch.randperm(n, generator=gen).to(device)
-        for idx in order.split(recipe.batch_size):
-            if len(idx) < 2 and n >= 2:  # BatchNorm needs two samples; drop a size-1 tail batch
-                continue
-            xb = x[idx]
-            if recipe.augment:
-                xb = random_crop_flip(xb, gen)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+        for idx in epoch_batches(n, recipe.batch_size, gen, device):
+            xb = training_batch(x, idx, recipe, gen)
             with autocast(device):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), y[idx], reduction="none", label_smoothing=smoothing)

@@ -1,0 +1,267 @@
+"""Faults, bad input and reruns: each provoked here, with the outcome a user relies on."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import ptk
+from conftest import TINY, load_results, model_row
+from ptk.cache import ModelCache
+from ptk.network import Network, channel_stats
+from ptk.registry import load_registry
+from ptk.train import Recipe, train_model
+from ptk_plugins.resnet import CifarResNet18
+
+VOLATILE = {"train_seconds", "defense_seconds", "started", "finished", "cached", "cache"}
+
+
+def stable(obj):
+    """results.json without timings, dates and cache bookkeeping."""
+    if isinstance(obj, dict):
+        return {k: stable(v) for k, v in obj.items() if k not in VOLATILE}
+    if isinstance(obj, list):
+        return [stable(v) for v in obj]
+    return obj
+
+
+class Exploding(ptk.Defense):
+    name = "exploding"
+    description = "raises, to test that a run survives a failing defense"
+
+    def defend(self, ctx, options):
+        raise RuntimeError("deliberate failure")
+
+
+class Passthrough(ptk.Defense):
+    name = "passthrough"
+    description = "returns the poisoned model"
+
+    def defend(self, ctx, options):
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, removed_indices=torch.tensor([], dtype=torch.long))
+
+
+class TestPlugins:
+    @ptk.hookimpl
+    def register_defenses(self, register):
+        register(Exploding())
+        register(Passthrough())
+
+
+@pytest.fixture
+def with_test_plugins(monkeypatch):
+    def registry():
+        reg = load_registry()
+        reg.add_plugin(TestPlugins(), "reliability-tests")
+        return reg
+
+    monkeypatch.setattr("ptk.cli.load_registry", registry)
+
+
+def test_failing_defense_does_not_cost_the_others(ptk, tmp_path, with_test_plugins):
+    out = tmp_path / "run"
+    res = ptk("run", *TINY, "--defense", "exploding", "--defense", "passthrough", "--out", out, expect=1)
+    r = load_results(out)
+    assert r["status"] == "failed"
+    assert model_row(r, "exploding") == {"name": "exploding", "failed": True,
+                                         "error": "RuntimeError: deliberate failure"}
+    assert model_row(r, "passthrough")["removed_count"] == 0  # ran after the failure
+    assert "deliberate failure" in (out / "errors.log").read_text()
+    assert "Traceback" in (out / "errors.log").read_text()
+    assert "exploding" in (out / "report.md").read_text() and (out / "target_probs.png").exists()
+    assert "1 defense(s) failed" in res.output
+
+
+def ptk_subprocess(args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "ptk", *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def no_partial_files(*folders: Path) -> None:
+    for folder in folders:
+        leftovers = [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+        assert not leftovers, leftovers
+
+
+def test_sigkill_mid_run_then_rerun_resumes_with_identical_results(ptk, tmp_path, data_dir):
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    env = {**os.environ, "PTK_CACHE_DIR": str(cache), "PTK_DATA_DIR": str(data_dir)}
+    args = ["run", *TINY, "--defense", "none", "--out", out]
+    proc = ptk_subprocess(args, env)
+    deadline = time.time() + 300
+    while not list((cache / "models").glob("*.json")) and time.time() < deadline:  # clean model cached
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+    time.sleep(1.0)  # now inside the poisoned model's training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    no_partial_files(cache, out)
+    assert len(list((cache / "models").glob("*.pt"))) == 1
+    done = subprocess.run([sys.executable, "-m", "ptk", *map(str, args)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    resumed = load_results(out)
+    assert model_row(resumed, "clean")["cached"] and not model_row(resumed, "poisoned")["cached"]
+    # the same run uninterrupted (shared test cache) gives the same numbers
+    ptk("run", *TINY, "--defense", "none", "--out", tmp_path / "straight")
+    assert stable(resumed) == stable(load_results(tmp_path / "straight"))
+
+
+def test_same_seed_gives_identical_results_without_cache(ptk, tmp_path):
+    ptk("run", *TINY, "--defense", "none", "--out", tmp_path / "a")
+    ptk("run", *TINY, "--defense", "none", "--no-cache", "--out", tmp_path / "b")
+    a, b = load_results(tmp_path / "a"), load_results(tmp_path / "b")
+    assert json.dumps(stable(a), sort_keys=True) == json.dumps(stable(b), sort_keys=True)
+    assert a["data"]["fingerprint"] and a["attack"]["poisoned_labels_sha256"]
+    assert a["versions"]["torch"] == torch.__version__
+
+
+def test_rerun_repeats_a_run_from_results_json(ptk, tmp_path):
+    first = tmp_path / "first"
+    ptk("run", *TINY, "--defense", "none", "--out", first)
+    ptk("rerun", first, "--out", tmp_path / "again")
+    assert stable(load_results(first)) == stable(load_results(tmp_path / "again"))
+
+
+def small_network(seed: int = 0) -> tuple[Network, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 2, (32,), generator=g)
+    torch.manual_seed(seed)
+    return Network(CifarResNet18(2, width=4), *channel_stats(x)), x, y
+
+
+def test_corrupt_cache_entry_is_detected_removed_and_recomputed(tmp_path, caplog):
+    cache = ModelCache(tmp_path)
+    net, x, y = small_network()
+    calls = []
+
+    def trainer(m):
+        calls.append(1)
+        return train_model(m, x, y, Recipe(epochs=1, batch_size=16, lr=1e-3), seed=0)
+
+    first, cached = cache.get_or_train("k", lambda: small_network()[0], trainer, {})
+    weights, meta = cache.paths("k")
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # truncated
+    again, cached = cache.get_or_train("k", lambda: small_network()[0], trainer, {})
+    assert not cached and len(calls) == 2
+    assert "corrupt" in caplog.text and "checksum" in caplog.text
+    assert weights.exists() and meta.exists()  # recomputed and stored again
+    fresh = ModelCache(tmp_path)
+    assert fresh.load("k", small_network(seed=5)[0])
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+MARKER = Path("/tmp/ptk-pickle-executed")
+
+
+def test_crafted_pickle_in_cache_is_refused_not_executed(tmp_path, caplog):
+    MARKER.unlink(missing_ok=True)
+    cache = ModelCache(tmp_path)
+    weights, meta = cache.paths("evil")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(pickle.dumps(Payload()))
+    from ptk.atomic import sha256_file
+
+    meta.write_text(json.dumps({"sha256": sha256_file(weights)}))  # checksum matches: only weights_only stops it
+    assert not cache.load("evil", small_network()[0])
+    assert not MARKER.exists()
+    assert not weights.exists()
+    assert "corrupt" in caplog.text
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path, data_dir):
+    env = {**os.environ, "PTK_CACHE_DIR": str(tmp_path / "cache"), "PTK_DATA_DIR": str(data_dir)}
+    proc = ptk_subprocess(["run", *TINY, "--defense", "none", "--out", tmp_path / "run"], env)
+    time.sleep(6)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Interrupted" in err and "Traceback" not in err
+    no_partial_files(tmp_path)
+
+
+def test_out_of_memory_names_the_batch_size_option(ptk, tmp_path, monkeypatch):
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr("ptk.experiment.run_experiment", oom)
+    res = ptk("run", *TINY, "--out", tmp_path / "r", expect=1)
+    assert "--batch-size" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-o", "labelflip.budget=500"], "larger than the pool"),
+    (["--source", "3", "--target", "3"], "pick two different classes"),
+    (["--target", "eleven"], "unknown class 'eleven'"),
+    (["--target-index", "100000"], "out of range"),
+    (["--target-index", "0"], "not of the source class"),  # test image 0 of digits is a 0
+    (["-o", "resnet18.width=0"], "must be positive"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--subset", "5"], "smaller than the 10 classes"),
+    (["--lr", "-1"], "--lr must be positive"),
+    (["-o", "labelflip.budget=-1"], "must be >= 0"),
+    (["-o", "ensembl.k=3"], "Did you mean 'ensemble'"),
+    (["--device", "cuda:0" if not torch.cuda.is_available() else "nonsense"], "device"),
+])
+def test_bad_input_is_a_usage_error_before_any_training(ptk, tmp_path, args, message, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PTK_CACHE_DIR", str(cache))
+    res = ptk("run", *TINY, "--defense", "none", *args, "--out", tmp_path / "r", expect=2)
+    assert message in res.output
+    assert "Traceback" not in res.output
+    assert not (cache / "models").exists()  # nothing was trained
+
+
+def test_budget_zero_gives_a_correct_unpoisoned_result(ptk, tmp_path):
+    out = tmp_path / "zero"
+    ptk("run", *TINY, "-o", "labelflip.budget=0", "--defense", "none", "--out", out)
+    r = load_results(out)
+    assert r["attack"]["poison_indices"] == []
+    clean, poisoned = model_row(r, "clean"), model_row(r, "poisoned")
+    assert poisoned["cached"]  # identical training labels: the clean model, from the cache
+    assert stable(clean) == {**stable(poisoned), "name": "clean"}
+
+
+def test_budget_one_flips_one_label(ptk, tmp_path):
+    out = tmp_path / "one"
+    ptk("run", *TINY, "-o", "labelflip.budget=1", "--defense", "none", "--out", out)
+    assert len(load_results(out)["attack"]["poison_indices"]) == 1
+
+
+def test_ensemble_with_more_members_than_samples_per_partition_still_reports(ptk, tmp_path):
+    """Tiny partitions hold no poisoned sample (and miss classes): the run still completes."""
+    out = tmp_path / "many"
+    ptk("run", *TINY, "--subset", "60", "-o", "labelflip.budget=3", "--defense", "ensemble",
+        "-o", "ensemble.k=20", "--epochs", "1", "--out", out)
+    ens = model_row(load_results(out), "ensemble")
+    sizes = ens["details"]["member_sizes"]
+    assert sum(sizes) == 60 and len(sizes) == 20
+    assert ens["details"]["abstaining_members"] == [i for i, n in enumerate(sizes) if n < 2]
+    assert sum(ens["target_votes"].values()) == 20 - len(ens["details"]["abstaining_members"])
+
+
+def test_plugins_are_not_imported_from_the_current_directory(tmp_path):
+    shadow = tmp_path / "ptk_plugins"
+    shadow.mkdir()
+    marker = tmp_path / "imported"
+    for name in ("__init__", "labelflip"):
+        (shadow / f"{name}.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    exe = Path(sys.executable).parent / "ptk"
+    res = subprocess.run([str(exe), "plugins"], cwd=tmp_path, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert not marker.exists()
+    assert "labelflip" in res.stdout
