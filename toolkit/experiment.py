@@ -161,6 +161,12 @@ def versions(p: Plan) -> dict[str, str]:
     return out
 
 
+def plugin_failure(entry: Entry, step: str, exc: Exception) -> PluginError:
+    """The one-line error for an exception a plugin raised: names the plugin, its distribution and the step."""
+    return PluginError(f"{entry.kind} {entry.name!r} (plugin {entry.source}, {entry.dist}) failed in {step}: "
+                       f"{type(exc).__name__}: {exc}")
+
+
 @dataclass
 class Run:
     """A run in progress: the results dict, written out after every step."""
@@ -187,7 +193,12 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
         raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
     check_target_index(config.target_index, data, source)
     attack_opts = p.options[p.attack.name]
-    p.attack.plugin.check(data, source, target_class, attack_opts)
+    try:
+        p.attack.plugin.check(data, source, target_class, attack_opts)
+    except UsageError:
+        raise
+    except Exception as exc:  # a bug in the plugin, not bad input: name the plugin
+        raise plugin_failure(p.attack, "check()", exc) from exc
     data = data.to(p.device)
     torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
 
@@ -221,8 +232,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     except UsageError:
         raise
     except Exception as exc:
-        raise PluginError(f"attack {p.attack.name!r} (plugin {p.attack.source}, {p.attack.dist}) failed: "
-                          f"{type(exc).__name__}: {exc}") from exc
+        raise plugin_failure(p.attack, "poison()", exc) from exc
     poison_idx = poisoning.poison_indices.to(p.device).long()
     poisoned_data = type(data)(data.name, poisoning.x_train if poisoning.x_train is not None else data.x_train,
                                poisoning.y_train.to(p.device), data.x_test, data.y_test, data.classes)

@@ -78,6 +78,9 @@ class Registry:
                 raise PluginError(f"{kind} {name!r} comes from plugin {b.source} ({b.dist}), which failed to load: {b.error}")
         close = difflib.get_close_matches(name, list(table), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        # A broken plugin may be the one that would have registered ``name``: say which and why.
+        hint += "".join(f" Plugin {b.source} ({b.dist}) failed to load and may provide it: {b.error}"
+                        for b in self.broken)
         raise UsageError(f"unknown {kind} {name!r}; {kind}s are: {', '.join(sorted(table)) or 'none'}.{hint}")
 
     def add_plugin(self, obj: Any, source: str, dist: str = "(in-process)", version: str = "") -> None:
@@ -91,7 +94,7 @@ class Registry:
         except Exception as exc:  # misspelled hook or bad signature
             if self.pm.is_registered(obj):
                 self.pm.unregister(obj)
-            self.broken.append(Broken(source, dist, version, f"{type(exc).__name__}: {exc}"))
+            self.broken.append(Broken(source, dist, version, f"{type(exc).__name__}: {exc}{hook_hint(obj)}"))
             return
         collected: list[Plugin] = []
         try:
@@ -112,6 +115,14 @@ class Registry:
                     f"(plugin {other.source}) and by {dist} (plugin {source}); uninstall one of them"
                 )
             table[plugin.name] = Entry(plugin, source, dist, version)
+
+
+def hook_hint(obj: Any) -> str:
+    """' Did you mean register_defenses?' for each hook implementation whose name is not a ptk hook."""
+    known = [n for n in dir(hookspecs) if hasattr(getattr(hookspecs, n), f"{GROUP}_spec")]
+    impls = [n for n in dir(obj) if hasattr(getattr(obj, n, None), f"{GROUP}_impl") and n not in known]
+    return "".join(f" Did you mean {close[0]} (not {n})?"
+                   for n in impls if (close := difflib.get_close_matches(n, known, n=1)))
 
 
 def check_plugin(plugin: Any, kind: str) -> Plugin:

@@ -59,7 +59,9 @@ def markdown(results: dict[str, Any]) -> str:
         f"- model: {cfg['model']}, recipe: {results['resolved']['recipe']}",
         f"- attack: {cfg['attack']}, target: test image {t.get('index')} ({t.get('source_class')} -> "
         f"{t.get('target_class')}), poisoned samples: {len(results.get('attack', {}).get('poison_indices', []))}",
-        f"- seed: {cfg['seed']}, device: {results['resolved']['device']}, status: {results['status']}", "",
+        f"- seed: {cfg['seed']}, device: {results['resolved']['device']}, status: {results['status']}",
+        "- plugins: " + ", ".join(f"{name} ({p['distribution']} {p['version']})"
+                                  for name, p in results.get("plugins", {}).items()), "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]

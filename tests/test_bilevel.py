@@ -1,0 +1,83 @@
+"""Learning to reweight: the look-ahead weights are the meta-gradient, and the defense runs end to end."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY, load_results, model_row
+from ptk.network import Network
+from ptk_plugins.bilevel import ALL_HARMFUL, FLAT, WEIGHTED, look_ahead_weights, weights_from
+from ptk_plugins.resnet import CifarResNet18
+
+
+def tiny_network(seed: int = 0) -> Network:
+    torch.manual_seed(seed)
+    return Network(CifarResNet18(3, width=4), torch.full((3,), 0.5), torch.full((3,), 0.25))
+
+
+def test_weights_are_the_clamped_normalised_gradient_alignment_and_leave_batchnorm_alone():
+    net = tiny_network().train()
+    gen = torch.Generator().manual_seed(0)
+    xb = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    yb = torch.randint(0, 3, (8,), generator=gen)
+    meta_x, meta_y = xb[:1].flip(3), torch.tensor([2])
+    buffers = {k: b.clone() for k, b in net.named_buffers()}
+
+    w, case = look_ahead_weights(net, xb, yb, meta_x, meta_y, lr=0.1, smoothing=0.0)
+    assert case == WEIGHTED
+
+    for k, b in net.named_buffers():  # look-aheads must not move BatchNorm's running statistics
+        assert torch.equal(b, buffers[k]), k
+    assert net.training
+    # Closed form at eps = 0: d meta / d eps_i = -lr <grad meta, grad ce_i>, the meta loss in eval mode,
+    # ce_i with the batch's statistics (train mode), as in the real step.
+    params = [p for p in net.parameters()]
+    net.eval()
+    g_meta = torch.autograd.grad(F.cross_entropy(net(meta_x), meta_y), params)
+    net.train()
+    ce = F.cross_entropy(net(xb), yb, reduction="none")
+    align = torch.stack([
+        sum((a * b).sum() for a, b in zip(g_meta, torch.autograd.grad(ce[i], params, retain_graph=True)))
+        for i in range(len(yb))
+    ])
+    expected = align.clamp_min(0) / align.clamp_min(0).sum()
+    assert (align > 0).any() and (align < 0).any()  # a real mix of helpful and harmful samples
+    torch.testing.assert_close(w, expected, rtol=1e-3, atol=1e-6)
+    assert abs(w.sum().item() - 1) < 1e-5 and (w >= 0).all()
+
+
+def test_a_flat_meta_loss_gives_uniform_weights_and_all_harmful_gives_none():
+    net = tiny_network().train()
+    xb = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    # lr = 0 makes the look-ahead a no-op: the meta gradient is exactly zero, it says nothing about any sample
+    w, case = look_ahead_weights(net, xb, torch.tensor([0, 1, 2, 0]), xb[:1], torch.tensor([0]), lr=0.0, smoothing=0.0)
+    assert case == FLAT and torch.equal(w, torch.full((4,), 0.25))
+    # every sample would raise the meta loss (positive d meta / d eps): no weight, the step is skipped
+    w, case = weights_from(torch.tensor([1e-3, 2e-3, 0.0]))
+    assert case == ALL_HARMFUL and torch.equal(w, torch.zeros(3))
+    w, case = weights_from(torch.tensor([-3.0, 1.0, -1.0]))
+    assert case == WEIGHTED and torch.equal(w, torch.tensor([0.75, 0.0, 0.25]))
+
+
+def test_both_bilevel_defenses_down_weight_the_poison_through_the_cli(ptk, tmp_path):
+    out = tmp_path / "run"
+    ptk("run", "--defense", "bilevel", "--defense", "bilevel-trusted", *TINY, "-o", "bilevel-trusted.n=20",
+        "--out", out)
+    r = load_results(out)
+    assert r["status"] == "complete"
+    tgt = r["target"]["target_class"]
+    poisoned = model_row(r, "poisoned")
+    for name, meta in (("bilevel", "target"), ("bilevel-trusted", "trusted")):
+        row = model_row(r, name)
+        d = row["details"]
+        assert d["meta_set"] == meta and d["epochs"] == 5
+        assert d["steps"] == d["steps_weighted"] + d["steps_flat_meta_loss_uniform"] + d["steps_all_harmful_skipped"]
+        # the look-ahead gives the flipped labels less weight than the rest (final-epoch weights; 1 = uniform)
+        assert row["mean_weight_poison"] < row["mean_weight_clean"], name
+    # knowing the target, the defense keeps it out of the target class; the docs say at what cost in accuracy
+    assert model_row(r, "bilevel")["target_probs"][tgt] < poisoned["target_probs"][tgt] - 0.5
+    assert r["plugins"]["bilevel"]["threat_model"]["knows_target"] is True
+    assert r["plugins"]["bilevel-trusted"]["threat_model"] == {
+        "knows_target": False, "trusted_data": True, "uses_poisoned_model": False}
+    assert model_row(r, "bilevel-trusted")["details"]["meta_size"] == 20

@@ -1,0 +1,177 @@
+"""The third-party plugin path end to end, with examples/ptk-example-plugins as the third party.
+
+One test pip-installs the example distribution into this environment and drives
+the real ``ptk`` console script, as a user of a published plugin would; the
+fixture uninstalls it again whatever happens. The others load the same modules
+in-process with ``Registry.add_plugin``, the way a plugin author tests a plugin
+before publishing it.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.metadata as md
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import ptk
+from ptk.cli import RUN_FLAGS, build_config, cli
+from ptk.experiment import run_experiment
+from ptk.registry import load_registry
+
+from conftest import ROOT, TINY, model_row
+
+EXAMPLE = ROOT / "examples" / "ptk-example-plugins"
+DIST = "ptk-example-plugins"
+PACKAGE = "ptk_example_plugins"
+PIP = [sys.executable, "-m", "pip"]
+
+
+def digits_as_run(data_dir: Path) -> ptk.Dataset:
+    """The training set a TINY run sees: digits, stratified subset of 800 with seed 0."""
+    return load_registry().get("dataset", "digits").plugin.load(data_dir, {"test_fraction": 0.25}).subset(800, None, 0)
+
+
+def ptk_script() -> str:
+    """The console script of the Python running the tests (not whatever ``ptk`` is first on PATH)."""
+    script = Path(sys.executable).with_name("ptk")
+    return str(script) if script.exists() else shutil.which("ptk") or pytest.fail("no ptk console script")
+
+
+# --- in-process, no install -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def example_modules(monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    return (importlib.import_module(f"{PACKAGE}.random_flip"), importlib.import_module(f"{PACKAGE}.spectral"))
+
+
+def config_from_args(*args: str):
+    """The ExperimentConfig ``ptk run ARGS`` would build."""
+    params = cli.commands["run"].make_context("run", list(args)).params
+    flags = {k: params[k] for k in RUN_FLAGS}
+    return build_config(params["preset"], params["config_file"], flags, params["defenses"], params["assignments"])
+
+
+def test_spectral_signatures_removes_poison_better_than_chance(example_modules, cache_dir, data_dir):
+    _, spectral = example_modules
+    reg = load_registry()
+    if "spectral-signatures" in reg.names("defense"):
+        pytest.skip(f"{DIST} is installed here; this test registers the source tree's copy in-process instead")
+    reg.add_plugin(spectral, "spectral-signatures", dist=DIST)
+    config = config_from_args("--attack", "labelflip", "--defense", "spectral-signatures", *TINY)
+    r = run_experiment(config, reg, save=lambda _: None, data_root=data_dir, cache_root=cache_dir)
+    assert r["status"] == "complete"
+    row = model_row(r, "spectral-signatures")
+    poison = set(r["attack"]["poison_indices"])
+    removed = set(row["removed_indices"])
+    n = r["data"]["train_size"]
+    assert row["removal_precision"] > len(poison) / n  # chance: the poison's share of the training set
+    # Within the target class, where every flipped label lands, removal is enriched for poison too.
+    data = digits_as_run(data_dir)
+    labels = data.y_train.clone()
+    labels[list(poison)] = data.class_index(r["target"]["target_class"])
+    target_class = set((labels == data.class_index(r["target"]["target_class"])).nonzero().squeeze(1).tolist())
+    removed_there = removed & target_class
+    assert len(removed_there & poison) / len(removed_there) > len(poison) / len(target_class)
+
+
+def test_random_flip_refuses_a_budget_larger_than_the_source_class(example_modules, data_dir):
+    random_flip, _ = example_modules
+    data = load_registry().get("dataset", "digits").plugin.load(data_dir, {"test_fraction": 0.25})
+    attack = random_flip.RandomFlip()
+    source, target = data.class_index("1"), data.class_index("7")
+    pool = int((data.y_train == source).sum())
+    attack.check(data, source, target, {"budget": pool})  # the whole class is allowed
+    with pytest.raises(ptk.UsageError, match=rf"random-flip.budget={pool + 1} .* {pool} training images"):
+        attack.check(data, source, target, {"budget": pool + 1})
+
+
+def test_example_uses_only_the_public_api():
+    """A plugin written against ``ptk``'s exports keeps working when ptk's internals move."""
+    for path in (EXAMPLE / PACKAGE).glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ptk":
+                assert node.module in ("ptk", "ptk.ensembles"), f"{path.name} imports ptk internals: {node.module}"
+                assert {a.name for a in node.names} <= set(ptk.__all__) | {"EnsemblePredictor"}, path.name
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("ptk.") for a in node.names), path.name
+
+
+def test_docs_show_the_example_code_verbatim():
+    """docs/plugins.md walks through the example; its code blocks must be the files as they are."""
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    blocks = re.findall(r"<!-- file: (\S+) -->\n```\w*\n(.*?)```", text, flags=re.S)
+    shown = {name for name, _ in blocks}
+    expected = {"pyproject.toml", f"{PACKAGE}/random_flip.py", f"{PACKAGE}/spectral.py"}
+    assert expected <= shown, f"docs/plugins.md should show {sorted(expected - shown)}"
+    for name, code in blocks:
+        assert code == (EXAMPLE / name).read_text(), f"docs/plugins.md's copy of {name} is out of date"
+
+
+# --- pip-installed, through the console script ------------------------------------------------------
+
+
+@pytest.fixture
+def installed_example(tmp_path):
+    """The example distribution pip-installed into this environment; uninstalled afterwards, even on failure."""
+    try:
+        md.distribution(DIST)
+    except md.PackageNotFoundError:
+        pass
+    else:
+        pytest.skip(f"{DIST} is already installed here; this test installs and removes its own copy")
+    src = tmp_path / "src"  # build from a copy: no build/ or *.egg-info left in the checkout
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    try:
+        done = subprocess.run(PIP + ["install", "--no-build-isolation", "--no-deps", "--no-index", str(src)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, f"pip install {DIST} failed:\n{done.stdout}\n{done.stderr}"
+        yield
+    finally:
+        subprocess.run(PIP + ["uninstall", "--yes", DIST], capture_output=True, text=True)
+
+
+def test_installed_plugins_are_listed_and_run_from_the_console_script(installed_example, cache_dir, data_dir,
+                                                                      tmp_path):
+    env = {**os.environ, "PTK_CACHE_DIR": str(cache_dir), "PTK_DATA_DIR": str(data_dir)}
+    listing = subprocess.run([ptk_script(), "plugins"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    for kind, name in (("attack", "random-flip"), ("defense", "spectral-signatures")):
+        assert any(re.match(rf"{kind}\s+{name}\s+{DIST} 0\.1\.0\s", l) for l in lines), listing.stdout
+    assert "BROKEN" not in listing.stdout
+
+    out = tmp_path / "run"
+    run = subprocess.run([ptk_script(), "run", "--attack", "random-flip", "--defense", "spectral-signatures",
+                          *TINY, "-o", "random-flip.budget=30", "--out", str(out)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    r = json.loads((out / "results.json").read_text())
+    assert r["status"] == "complete"
+    assert r["plugins"]["random-flip"] == {"kind": "attack", "distribution": DIST, "version": "0.1.0"}
+    defense = r["plugins"]["spectral-signatures"]
+    assert defense["distribution"] == DIST and defense["threat_model"]["knows_target"] is False
+    assert r["versions"][DIST] == "0.1.0"
+    # 30 distinct training images of the source class, now labelled as the target class
+    poison = r["attack"]["poison_indices"]
+    assert len(set(poison)) == 30
+    data = digits_as_run(data_dir)
+    assert {data.classes[int(data.y_train[i])] for i in poison} == {r["target"]["source_class"]}
+    row = model_row(r, "spectral-signatures")
+    classes = len(r["data"]["classes"])
+    assert row["removed_count"] == sum(row["details"]["removed_per_class"]) <= classes * math.ceil(1.5 * 30)
+    assert row["removal_precision"] is not None
+    report = (out / "report.md").read_text()
+    assert "attack: random-flip" in report and "| spectral-signatures |" in report
+    assert f"random-flip ({DIST} 0.1.0)" in report and f"spectral-signatures ({DIST} 0.1.0)" in report

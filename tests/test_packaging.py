@@ -1,0 +1,108 @@
+"""What `pip install ptk` from PyPI would give: the sdist and wheel `python -m build` makes.
+
+The wheel is installed into a fresh virtual environment (with the host's
+site-packages visible, so torch and friends need no download) and its own
+``ptk`` console script must list every built-in plugin from the wheel.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import ptk
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from conftest import ROOT
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+BUILTIN_ENTRY_POINTS = PYPROJECT["project"]["entry-points"]["ptk"]
+#: Harmless build chatter: byte-compilation is off when PYTHONDONTWRITEBYTECODE is set.
+BENIGN = ("byte-compiling is disabled",)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, Path, str]:
+    """sdist, wheel built from that sdist (what `python -m build` does), and the build log."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+                          capture_output=True, text=True)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    (sdist,) = out.glob("*.tar.gz")
+    (wheel,) = out.glob("*.whl")
+    return sdist, wheel, log
+
+
+def test_build_has_no_warnings(built):
+    _, _, log = built
+    warnings = [l for l in log.splitlines() if "warning" in l.lower() and not any(b in l for b in BENIGN)]
+    assert not warnings, "python -m build warned:\n" + "\n".join(warnings)
+
+
+def test_wheel_holds_ptk_and_ptk_plugins_and_the_metadata_pypi_shows(built):
+    _, wheel, _ = built
+    version = ptk.__version__
+    assert wheel.name == f"ptk-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        info = f"ptk-{version}.dist-info"
+        metadata = z.read(f"{info}/METADATA").decode()
+        entry_points = z.read(f"{info}/entry_points.txt").decode()
+    assert {n.split("/")[0] for n in names} == {"ptk", "ptk_plugins", info}  # never a top-level `plugins`
+    for folder, package in (("toolkit", "ptk"), ("plugins", "ptk_plugins")):
+        sources = {p.name for p in (ROOT / folder).glob("*.py")}
+        assert {n.split("/")[1] for n in names if n.startswith(f"{package}/")} >= sources
+    assert f"{info}/licenses/LICENSE" in names
+    for field in ("Name: ptk", f"Version: {version}", "Summary: ", "License-Expression: MIT", "Requires-Python: ",
+                  "Project-URL: Documentation", "Classifier: ", "Description-Content-Type: text/markdown",
+                  "Provides-Extra: test", "Provides-Extra: docs", "Requires-Dist: torch", "# ptk"):
+        assert field in metadata, f"wheel METADATA lacks {field!r}"
+    assert "[console_scripts]\nptk = ptk.cli:main" in entry_points
+    for name, target in BUILTIN_ENTRY_POINTS.items():
+        assert f"{name} = {target}" in entry_points
+
+
+def test_sdist_holds_the_sources_the_wheel_is_built_from(built):
+    sdist, _, _ = built
+    with tarfile.open(sdist) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    assert {"pyproject.toml", "README.md", "LICENSE", "toolkit/__init__.py", "plugins/__init__.py"} <= names
+
+
+def test_wheel_in_a_fresh_venv_lists_every_builtin_from_the_wheel(built, tmp_path):
+    _, wheel, _ = built
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    # --ignore-installed: the host's own (editable) ptk is visible through the system site-packages
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+                           "--ignore-installed", "--quiet", str(wheel)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    where = subprocess.run(
+        [str(python), "-c", "import json, ptk, ptk_plugins, importlib.metadata as md; print(json.dumps("
+         "[ptk.__file__, ptk_plugins.__file__, str(md.distribution('ptk').locate_file(''))]))"],
+        capture_output=True, text=True, cwd=tmp_path)
+    assert where.returncode == 0, where.stderr
+    for path in json.loads(where.stdout):
+        assert Path(path).resolve().is_relative_to(venv.resolve()), f"{path} is not from the venv's wheel"
+
+    listing = subprocess.run([str(venv / "bin" / "ptk"), "plugins", "--json"], capture_output=True, text=True,
+                             cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    out = json.loads(listing.stdout)
+    assert not [b for b in out["broken"] if b["dist"] == "ptk"], out["broken"]
+    sources = {p["plugin"] for p in out["plugins"] if p["distribution"] == "ptk" and p["version"] == ptk.__version__}
+    missing = set(BUILTIN_ENTRY_POINTS) - sources
+    assert not missing, f"built-in entry points that registered nothing from the wheel: {sorted(missing)}"
