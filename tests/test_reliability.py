@@ -186,7 +186,11 @@ def test_crafted_pickle_in_cache_is_refused_not_executed(tmp_path, caplog):
 def test_ctrl_c_exits_130_with_one_line(tmp_path, data_dir):
     env = {**os.environ, "PTK_CACHE_DIR": str(tmp_path / "cache"), "PTK_DATA_DIR": str(data_dir)}
     proc = ptk_subprocess(["run", *TINY, "--defense", "none", "--out", tmp_path / "run"], env)
-    time.sleep(6)
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "results.json").exists() and time.time() < deadline:  # clean model done
+        time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+    time.sleep(1.0)  # inside the poisoned model's training
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
