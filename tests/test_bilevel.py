@@ -60,24 +60,29 @@ def test_a_flat_meta_loss_gives_uniform_weights_and_all_harmful_gives_none():
     assert case == WEIGHTED and torch.equal(w, torch.tensor([0.75, 0.0, 0.25]))
 
 
-def test_both_bilevel_defenses_down_weight_the_poison_through_the_cli(ptk, tmp_path):
+def test_bilevel_defenses_through_the_cli(ptk, tmp_path):
     out = tmp_path / "run"
     ptk("run", "--defense", "bilevel", "--defense", "bilevel-trusted", *TINY, "-o", "bilevel-trusted.n=20",
         "--out", out)
     r = load_results(out)
     assert r["status"] == "complete"
-    tgt = r["target"]["target_class"]
-    poisoned = model_row(r, "poisoned")
-    for name, meta in (("bilevel", "target"), ("bilevel-trusted", "trusted")):
+    n = r["data"]["train_size"]
+    for name, meta, size in (("bilevel", "target", 1), ("bilevel-trusted", "trusted", 20)):
         row = model_row(r, name)
         d = row["details"]
-        assert d["meta_set"] == meta and d["epochs"] == 5
+        assert (d["meta_set"], d["meta_size"], d["epochs"]) == (meta, size, 5)
+        assert d["steps"] == 5 * -(-n // 64)  # TINY: the quick preset's batch size, 64
         assert d["steps"] == d["steps_weighted"] + d["steps_flat_meta_loss_uniform"] + d["steps_all_harmful_skipped"]
-        # the look-ahead gives the flipped labels less weight than the rest (final-epoch weights; 1 = uniform)
-        assert row["mean_weight_poison"] < row["mean_weight_clean"], name
-    # knowing the target, the defense keeps it out of the target class; the docs say at what cost in accuracy
-    assert model_row(r, "bilevel")["target_probs"][tgt] < poisoned["target_probs"][tgt] - 0.5
+        assert 0 < d["zero_weight_fraction"] < 1
+        assert row["mean_weight_poison"] is not None
+    tgt = r["target"]["target_class"]
+    bilevel, poisoned = model_row(r, "bilevel"), model_row(r, "poisoned")
+    # With the target as meta set, the flipped labels end with less weight than the rest (final-epoch
+    # weights; 1 = uniform) and the target leaves the target class. The docs give the cost in accuracy;
+    # with trusted data the weights do not single out the poison reliably (docs), so nothing is asserted.
+    assert bilevel["mean_weight_poison"] < 0.8 * bilevel["mean_weight_clean"]
+    assert bilevel["target_probs"][tgt] < poisoned["target_probs"][tgt] - 0.5
+    assert model_row(r, "bilevel-trusted")["test_accuracy"] > 0.3  # a working classifier (chance: 0.1)
     assert r["plugins"]["bilevel"]["threat_model"]["knows_target"] is True
     assert r["plugins"]["bilevel-trusted"]["threat_model"] == {
         "knows_target": False, "trusted_data": True, "uses_poisoned_model": False}
-    assert model_row(r, "bilevel-trusted")["details"]["meta_size"] == 20
