@@ -177,11 +177,10 @@ class ActivationClustering(Defense):
             else:
                 flagged, report = dominant_label_flags(acts, labels, num_classes, ctx.seed)
         removed = torch.from_numpy(np.flatnonzero(flagged))
-        keep = torch.from_numpy(np.flatnonzero(~flagged)).to(ctx.device)
-        if len(keep) < 2:
+        if len(labels) - len(removed) < 2:
             raise RuntimeError(f"activation clustering flagged {len(removed)} of {len(labels)} samples; "
                                "nothing is left to retrain on")
-        model = ctx.train(keep=keep, desc="activation-clustering retrain")
+        model = ctx.train_without(removed, desc="activation-clustering retrain")
         per_class = np.bincount(labels[flagged], minlength=num_classes)
         details = {
             "mode": mode,

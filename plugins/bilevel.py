@@ -25,7 +25,7 @@ from torch.func import functional_call
 
 from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl
 from ptk.options import non_negative, positive
-from ptk.train import Recipe, autocast, epoch_batches, make_optimizer, training_batch
+from ptk.train import Recipe, autocast, epoch_batches, make_optimizer, optimizer_step, training_batch
 
 
 @dataclass
@@ -155,12 +155,7 @@ def train_reweighted(ctx: DefenseContext, meta: MetaSet, recipe: Recipe, seed: i
             zeros += int((w == 0).sum())
             weights_seen += len(idx)
             if case != ALL_HARMFUL:
-                with autocast(device):
-                    logits = model(xb)
-                loss = (w * F.cross_entropy(logits.float(), yb, reduction="none", label_smoothing=smoothing)).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                optimizer_step(model, opt, xb, yb, smoothing, w, reduce="sum")
             if sched is not None:
                 sched.step()
     model.eval()

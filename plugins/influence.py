@@ -206,8 +206,7 @@ class Influence(Defense):
                                   batch_size=options["batch"], score=options["score"], progress=ctx.progress)
         order = scores.argsort(descending=True, stable=True)
         removed = order[:k].sort().values
-        keep = order[k:].sort().values
-        retrained = ctx.train(keep=keep, desc="influence retrain")
+        retrained = ctx.train_without(removed, desc="influence retrain")
         classes = ctx.data.classes
         removed_labels = torch.bincount(ctx.data.y_train[removed].cpu(), minlength=len(classes))
         details = {

@@ -106,9 +106,7 @@ class LossOutliers(Defense):
         details["removed_by_label"] = {c: v for c, v in zip(classes, counts) if v}
         details["median_loss"] = round(losses.median().item(), 6)
         details["median_removed_loss"] = round(losses[removed].median().item(), 6) if len(removed) else None
-        keep = torch.ones(n, dtype=torch.bool, device=y.device)
-        keep[removed] = False
-        retrained = ctx.train(keep=keep.nonzero().squeeze(1), desc="loss-outliers retrain")
+        retrained = ctx.train_without(removed, desc="loss-outliers retrain")
         return DefenseResult(predictor=retrained, removed_indices=removed, details=details)
 
 

@@ -182,6 +182,13 @@ class DefenseContext(BaseContext):
             )
         return self._target
 
+    def train_without(self, removed: torch.Tensor, desc: str = "retrain") -> Network:
+        """Retrain with the run's recipe on every training sample except ``removed`` (the usual
+        last step of a data-removal defense; cached like every ``train`` call)."""
+        keep = torch.ones(len(self.data.y_train), dtype=torch.bool, device=self.data.y_train.device)
+        keep[torch.as_tensor(removed, device=keep.device).long()] = False
+        return self.train(keep=keep.nonzero().squeeze(1), desc=desc)
+
     def trusted_data(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` training images with verified clean labels (stratified; never a poisoned sample)."""
         if not self.threat.trusted_data:

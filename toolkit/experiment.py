@@ -27,7 +27,7 @@ from .evaluate import evaluate, removal_scores
 from .options import UsageError, resolve_options
 from .paths import cache_dir, data_dir
 from .registry import Entry, PluginError, Registry
-from .train import RECIPES, Recipe, Timer
+from .train import RECIPES, Recipe, Timer, predict_proba
 
 log = logging.getLogger("ptk")
 
@@ -123,19 +123,13 @@ def choose_target(p: Plan, data, clean_model, source: int, target_class: int) ->
         pool = (data.y_test == source).nonzero().squeeze(1)
         if len(pool) == 0:
             raise UsageError(f"the test set has no image of the source class {data.classes[source]!r}")
-        probs = evaluate_probs(clean_model, data.x_test[pool])
+        probs = predict_proba(clean_model, data.x_test[pool])
         # Among images the clean model gets right (the attack must cause the error), the one
         # it finds most like the target class; all of the pool if it gets none right.
         right = probs.argmax(1) == source
         score = probs[:, target_class] - (~right).float() * 2 if right.any() else probs[:, target_class]
         idx = int(pool[score.argmax()])
     return Target(idx, source, target_class, data.x_test[idx : idx + 1])
-
-
-def evaluate_probs(model, x):
-    from .train import predict_proba
-
-    return predict_proba(model, x)
 
 
 def target_vote(ens: EnsemblePredictor, target: Target, classes: list[str], budget: int) -> dict[str, Any]:

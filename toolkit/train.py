@@ -109,6 +109,21 @@ def fast_lr_factor(step: int, total_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
 
+def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
+                   smoothing: float, weights: torch.Tensor | None = None, reduce: str = "mean") -> None:
+    """One step on a batch: forward (autocast on CUDA), per-sample cross-entropy times optional
+    ``weights``, reduced by ``mean`` (train_model) or ``sum`` (weights that already sum to 1)."""
+    with autocast(xb.device):
+        logits = model(xb)
+    loss = F.cross_entropy(logits.float(), yb, reduction="none", label_smoothing=smoothing)
+    if weights is not None:
+        loss = loss * weights
+    loss = loss.mean() if reduce == "mean" else loss.sum()
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def train_model(
     model: nn.Module,
     x: torch.Tensor,
@@ -134,15 +149,7 @@ def train_model(
     for _ in progress(range(recipe.epochs), desc=desc):
         for idx in epoch_batches(n, recipe.batch_size, gen, device):
             xb = training_batch(x, idx, recipe, gen)
-            with autocast(device):
-                logits = model(xb)
-            loss = F.cross_entropy(logits.float(), y[idx], reduction="none", label_smoothing=smoothing)
-            if weights is not None:
-                loss = loss * weights[idx]
-            loss = loss.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            optimizer_step(model, opt, xb, y[idx], smoothing, None if weights is None else weights[idx])
             if sched is not None:
                 sched.step()
     model.eval()

@@ -59,9 +59,7 @@ class SpectralSignatures(Defense):
         details = {"removed_per_class": torch.bincount(labels[drop].cpu(), minlength=len(ctx.data.classes)).tolist()}
         if len(drop) == 0:  # a zero budget: nothing to remove, the poisoned model stands
             return DefenseResult(predictor=ctx.poisoned_model, removed_indices=drop, details=details)
-        keep = torch.ones(len(labels), dtype=torch.bool, device=labels.device)
-        keep[drop] = False
-        model = ctx.train(keep=keep.nonzero().squeeze(1), desc="spectral-signatures retrain")
+        model = ctx.train_without(drop, desc="spectral-signatures retrain")
         return DefenseResult(predictor=model, removed_indices=drop, details=details)
 
 
