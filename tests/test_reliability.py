@@ -212,7 +212,7 @@ def test_out_of_memory_names_the_batch_size_option(ptk, tmp_path, monkeypatch):
     (["--source", "3", "--target", "3"], "pick two different classes"),
     (["--target", "eleven"], "unknown class 'eleven'"),
     (["--target-index", "100000"], "out of range"),
-    (["--target-index", "0"], "not of the source class"),  # test image 0 of digits is a 0
+    (["--target-index", "1"], "not of the source class"),  # test image 1 of digits is a "4", the source is "1"
     (["-o", "resnet18.width=0"], "must be positive"),
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--subset", "5"], "smaller than the 10 classes"),
