@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,8 +25,12 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+#: The CIFAR-10 JPEG archive: beside the project (../shared/data), or in the git-ignored data-carry/
+#: folder that travels to a GPU machine; --cifar PATH overrides.
+ARCHIVES = [ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz", ROOT / "data-carry" / "cifar10-jpeg.tar.gz"]
+ARCHIVE = next((a for a in ARCHIVES if a.exists()), ARCHIVES[0])
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ptk.augment import random_crop_flip  # noqa: E402
 from ptk.network import Network, channel_stats  # noqa: E402
@@ -160,38 +163,118 @@ def row_growth(device, sizes, width) -> dict:
             "ratio": round(per_image[-1] / per_image[0], 2), "target": "~1.0 (ms/image, largest vs smallest)"}
 
 
-def peak_rss_of(args: list[str]) -> float:
-    """Peak RSS (MiB) of a child `ptk` process."""
+def peak_memory_of(args: list[str]) -> tuple[float, float | None]:
+    """Peak RSS and peak GPU memory allocated (MiB; None without a GPU) of a child `ptk` process."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PTK_CACHE_DIR": f"{tmp}/cache", "PTK_DATA_DIR": os.environ.get("PTK_DATA_DIR", f"{tmp}/data")}
-        code = ("import resource, sys; from ptk.cli import cli\n"
+        code = ("import resource, sys, torch; from ptk.cli import cli\n"
                 "try:\n    cli(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+                "gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else -1\n"
+                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, gpu)")
         out = subprocess.run([sys.executable, "-c", code, *args, "--out", f"{tmp}/r"], env=env,
                              capture_output=True, text=True, check=True)
-        return int(out.stdout.strip().splitlines()[-1]) / 1024
+        rss_kib, gpu_bytes = out.stdout.strip().splitlines()[-1].split()
+        return int(rss_kib) / 1024, (int(gpu_bytes) / 2**20 if int(gpu_bytes) >= 0 else None)
 
 
-def row_memory(quick: bool) -> dict:
-    q = peak_rss_of(["run", "--preset", "quick", "--defense", "none", *(["--epochs", "1"] if quick else [])])
-    parts = [f"quick preset {q:.0f} MiB"]
-    if ARCHIVE.exists():
+def row_memory(quick: bool, archive: Path) -> dict:
+    def shown(label: str, mem: tuple[float, float | None]) -> str:
+        return f"{label}: RSS {mem[0]:.0f} MiB" + (f", GPU {mem[1]:.0f} MiB" if mem[1] is not None else "")
+
+    parts = [shown("quick preset", peak_memory_of(["run", "--preset", "quick", "--defense", "none",
+                                                   *(["--epochs", "1"] if quick else [])]))]
+    if archive.exists():
         n = "5000" if quick else "20000"
         with tempfile.TemporaryDirectory() as data:
             env = {**os.environ, "PTK_DATA_DIR": data}
-            subprocess.run([sys.executable, "-m", "ptk", "data", "import", "cifar10", str(ARCHIVE)], env=env,
+            subprocess.run([sys.executable, "-m", "ptk", "data", "import", "cifar10", str(archive)], env=env,
                            check=True, capture_output=True)
             os.environ["PTK_DATA_DIR"] = data
-            c = peak_rss_of(["run", "--dataset", "cifar10", "--subset", n, "--test-subset", "1000", "--epochs", "1",
-                             "-o", "resnet18.width=16", "--defense", "none"])
-            del os.environ["PTK_DATA_DIR"]
-        parts.append(f"CIFAR-10 {n} images {c:.0f} MiB")
-    gpu = f", GPU max allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB" if torch.cuda.is_available() else ""
-    return {"row": "7 memory", "what": "peak RSS of a whole `ptk run` (1 epoch in --quick)", "ptk": "; ".join(parts) + gpu,
+            try:
+                mem = peak_memory_of(["run", "--dataset", "cifar10", "--subset", n, "--test-subset", "1000",
+                                      "--epochs", "1", "-o", "resnet18.width=16", "--defense", "none"])
+            finally:
+                del os.environ["PTK_DATA_DIR"]
+        parts.append(shown(f"CIFAR-10 {n} images, width 16", mem))
+    return {"row": "7 memory", "what": "peak memory of a whole `ptk run` (1 epoch)", "ptk": "; ".join(parts),
             "baseline": "-", "ratio": None, "target": "-"}
 
 
-EXTRA_ROWS = []  # influence and activation-clustering rows are appended below when those plugins exist
+def row_influence(device, n, width, ref_n) -> dict:
+    """Batched forward-mode influence vs one backward pass per sample; error against a float64 loop."""
+    from ptk_plugins.influence import influence_scores, naive_influence_scores, target_gradient
+
+    x, y = images(n, device)
+    model = network(width, x, device)
+    train_model(model, x, y, Recipe(epochs=1, batch_size=128, lr=1e-3), 0)  # realistic BatchNorm statistics
+    tx, ty = x[:1], torch.tensor([1], device=device)
+    direction = target_gradient(model, tx, ty)
+    influence_scores(model, x[:64], y[:64], direction)  # warm-up
+    start = time.perf_counter()
+    fast = influence_scores(model, x, y, direction, batch_size=64)
+    sync(device)
+    fast_s = time.perf_counter() - start
+    naive_influence_scores(model, x[:8], y[:8], tx, ty)  # warm-up
+    start = time.perf_counter()
+    naive_influence_scores(model, x, y, tx, ty)
+    sync(device)
+    naive_s = time.perf_counter() - start
+    ref = naive_influence_scores(model, x[:ref_n], y[:ref_n], tx, ty, dtype=torch.float64)
+    err = ((fast[:ref_n].double() - ref).abs().max() / ref.abs().max()).item()
+    return {"row": "3 influence", "what": f"batched jvp (batch 64) vs per-sample backward loop, {n} images, width "
+                                          f"{width}; error vs float64 loop on {ref_n}",
+            "ptk": f"{fast_s:.1f} s (max rel. error {err:.1e})", "baseline": f"{naive_s:.1f} s",
+            "ratio": round(naive_s / fast_s, 2), "target": "speed-up >= 2 (CPU), >= 20 (GPU); error < 1e-4",
+            "rel_error": err}
+
+
+def clustered_activations(n: int, dims: int, classes: int = 10, seed: int = 0):
+    """Activations of ``n`` samples: one blob per class, and 5% of class 5 drawn from class 4's blob (a label flip)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.uniform(0, 1, (classes, dims))
+    labels = np.arange(n) % classes
+    blob = labels.copy()
+    flipped = np.flatnonzero(labels == 5)[: n // classes // 20]
+    blob[flipped] = 4
+    acts = centres[blob] + rng.normal(0, 0.15, (n, dims))
+    return np.clip(acts, 0, None).astype(np.float32), labels
+
+
+def row_clustering(n, dims) -> dict:
+    """ptk's mode=art clustering vs ART's ActivationDefence on identical activations and seed."""
+    from test_activation_clustering import StubNetwork
+
+    from ptk_plugins.activation_clustering import art_mode_flags
+    from ptk_plugins.activation_clustering_art import art_classifier, quiet_art, run_activation_defence
+
+    acts, labels = clustered_activations(n, dims)
+    options = {"nb_dims": 10, "reduce": "pca", "analysis": "smaller"}
+    start = time.perf_counter()
+    ptk_flags, _ = art_mode_flags(acts, labels, 10, "pca", 10, "smaller", 0.35, 0)
+    ptk_s = time.perf_counter() - start
+    with quiet_art():
+        clf = art_classifier(StubNetwork(dims, 10), (dims,), 10, torch.device("cpu"))
+        start = time.perf_counter()
+        art_flags, _, _ = run_activation_defence(clf, acts, labels, options, 0)
+        art_s = time.perf_counter() - start
+    agree = bool((ptk_flags == art_flags).all())
+    return {"row": "4 clustering", "what": f"ptk mode=art vs ART ActivationDefence, {n} x {dims} activations, "
+                                           "PCA 10, smaller",
+            "ptk": f"{ptk_s:.2f} s (flags {'identical' if agree else 'DIFFER'}: {int(ptk_flags.sum())} flagged)",
+            "baseline": f"{art_s:.2f} s", "ratio": round(art_s / ptk_s, 2), "target": "flags identical",
+            "flags_identical": agree}
+
+
+def row_study(device, quick: bool, archive: Path, peak: float | None) -> dict:
+    from study import study_row
+
+    if device.type == "cuda" and not quick:  # the seed study's full setup
+        return study_row(archive, device, None, None, 64, 10,
+                         ["--dataset", "cifar10", "--attack", "labelflip", "--defense", "all", "--recipe", "fast"],
+                         peak)
+    # the same code path on a small subset; a whole `ptk run` of all defenses would take hours on a CPU
+    return study_row(archive, device, 2000 if quick else 10_000, 500 if quick else 2000, 16 if quick else 64,
+                     2 if quick else 3, None, peak)
 
 
 def main() -> None:
@@ -199,18 +282,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes: under 10 minutes on 2 CPU cores")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
     ap.add_argument("--only", help="comma-separated row numbers to run")
+    ap.add_argument("--cifar", type=Path, default=ARCHIVE, help="CIFAR-10 archive for rows 7 and 8")
+    ap.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for MFU (default: known GPUs)")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     q = args.quick
+    from study import bf16_peak
+
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else bf16_peak(device)
     rows_fns = {
         "1": lambda: row_trainer(device, 1024 if q else 10_000, 16 if q else 64, 1 if q else 2),
         "2": lambda: row_data_path(device, 4096 if q else 20_000),
         "5": lambda: row_cache(q),
         "6": lambda: row_growth(device, [1000, 2000, 4000] if q else [5000, 10_000, 20_000], 8 if q else 64),
-        "7": lambda: row_memory(q),
+        "3": lambda: row_influence(device, 256 if q else 2000, 16 if q else 64, 128 if q else 500),
+        "4": lambda: row_clustering(10_000 if q else 50_000, 128 if q else 512),
+        "7": lambda: row_memory(q, args.cifar),
+        "8": lambda: row_study(device, q, args.cifar, peak),
     }
-    for key, fn in EXTRA_ROWS:
-        rows_fns[key] = lambda fn=fn: fn(device, q)
     wanted = args.only.split(",") if args.only else sorted(rows_fns)
     rows = []
     for key in sorted(wanted):

@@ -144,9 +144,10 @@ def train_reweighted(ctx: DefenseContext, meta: MetaSet, recipe: Recipe, seed: i
     steps = {WEIGHTED: 0, FLAT: 0, ALL_HARMFUL: 0}
     zeros = weights_seen = 0
     for epoch in range(recipe.epochs):
-        batches = list(epoch_batches(n, recipe.batch_size, gen, device))
-        for idx in ctx.progress(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", total=len(batches)):
-            xb, yb = training_batch(x, idx, recipe, gen), y[idx]
+        batches = epoch_batches(n, recipe.batch_size, gen, device, recipe.augment)
+        for batch in ctx.progress(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", total=len(batches)):
+            idx = batch.idx
+            xb, yb = training_batch(x, batch), y[idx]
             meta_x, meta_y = meta.sample(meta_gen)
             w, case = look_ahead_weights(model, xb, yb, meta_x, meta_y, opt.param_groups[0]["lr"], smoothing)
             w = w.detach()

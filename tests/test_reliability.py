@@ -50,11 +50,56 @@ class Passthrough(ptk.Defense):
         return ptk.DefenseResult(predictor=ctx.poisoned_model, removed_indices=torch.tensor([], dtype=torch.long))
 
 
+class ExplodingAttack(ptk.Attack):
+    name = "exploding-attack"
+    description = "raises in poison(), to test what a failed attack leaves behind"
+
+    def poison(self, ctx, options):
+        raise RuntimeError("deliberate attack failure")
+
+
+class OutOfMemoryAttack(ptk.Attack):
+    name = "oom-attack"
+    description = "runs out of GPU memory in poison()"
+
+    def poison(self, ctx, options):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+
+class BrokenData(ptk.DatasetSource):
+    name = "broken-data"
+    description = "raises in load(), as a buggy data set plugin would"
+
+    def load(self, data_dir, options):
+        raise KeyError("images")
+
+
+class BrokenModel(ptk.ModelSpec):
+    name = "broken-model"
+    description = "raises in build(), as a buggy model plugin would"
+
+    def build(self, num_classes, image_shape, options):
+        raise ValueError("unsupported image shape")
+
+
 class TestPlugins:
+    @ptk.hookimpl
+    def register_datasets(self, register):
+        register(BrokenData())
+
+    @ptk.hookimpl
+    def register_models(self, register):
+        register(BrokenModel())
+
     @ptk.hookimpl
     def register_defenses(self, register):
         register(Exploding())
         register(Passthrough())
+
+    @ptk.hookimpl
+    def register_attacks(self, register):
+        register(ExplodingAttack())
+        register(OutOfMemoryAttack())
 
 
 @pytest.fixture
@@ -79,6 +124,36 @@ def test_failing_defense_does_not_cost_the_others(ptk, tmp_path, with_test_plugi
     assert "Traceback" in (out / "errors.log").read_text()
     assert "exploding" in (out / "report.md").read_text() and (out / "target_probs.png").exists()
     assert "1 defense(s) failed" in res.output
+
+
+def test_failing_attack_marks_the_run_failed_and_keeps_the_clean_model(ptk, tmp_path, with_test_plugins):
+    out = tmp_path / "run"
+    res = ptk("run", *TINY, "--attack", "exploding-attack", "--out", out, expect=1)
+    assert "exploding-attack" in res.output and "deliberate attack failure" in res.output
+    assert "Traceback" not in res.output
+    r = load_results(out)
+    assert r["status"] == "failed"  # not "running": nothing is left looking like a run in progress
+    assert "deliberate attack failure" in r["error"] and "poison()" in r["error"]
+    assert [m["name"] for m in r["models"]] == ["clean"]  # what finished before the failure is kept
+    assert 0 < model_row(r, "clean")["test_accuracy"] <= 1
+
+
+def test_out_of_memory_in_an_attack_names_the_batch_size_option(ptk, tmp_path, with_test_plugins):
+    out = tmp_path / "run"
+    res = ptk("run", *TINY, "--attack", "oom-attack", "--out", out, expect=1)
+    assert "--batch-size" in res.output and "Traceback" not in res.output
+    assert load_results(out)["status"] == "failed"
+
+
+@pytest.mark.parametrize("args, step", [
+    (["--dataset", "broken-data"], "dataset 'broken-data' (plugin reliability-tests, (in-process)) failed in load()"),
+    (["--model", "broken-model"], "model 'broken-model' (plugin reliability-tests, (in-process)) failed in build()"),
+])
+def test_broken_data_or_model_plugin_is_named_before_any_training(ptk, tmp_path, with_test_plugins, args, step):
+    out = tmp_path / "run"
+    res = ptk("run", *TINY, *args, "--out", out, expect=1)
+    assert step in res.output and "Traceback" not in res.output
+    assert not (out / "results.json").exists()  # it failed before the run started, so there is no half a run
 
 
 def ptk_subprocess(args, env, **kw):

@@ -26,6 +26,27 @@ def test_crop_flip_is_a_shifted_window_of_the_padded_image():
     assert not torch.equal(out, x)
 
 
+def test_epoch_draws_are_the_per_batch_stream_made_in_one_go():
+    """train_model draws a whole epoch's augmentation up front (one copy to the GPU per epoch);
+    the batches must be exactly those of shuffling then calling random_crop_flip batch by batch,
+    so a seed means the same training run whichever way the numbers are drawn."""
+    from ptk.train import epoch_batches, training_batch
+
+    x = torch.randint(0, 256, (70, 3, 8, 8), dtype=torch.uint8)
+    for n, bs in ((70, 32), (65, 32), (64, 64)):  # tail of 6, a size-1 tail (dropped), no tail
+        g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        batches = epoch_batches(n, bs, g1, torch.device("cpu"), augment=True)
+        order = torch.randperm(n, generator=g2)
+        chunks = [c for c in order.split(bs) if len(c) >= 2]
+        assert len(batches) == len(chunks)
+        for b, idx in zip(batches, chunks):
+            assert torch.equal(b.idx, idx)
+            assert torch.equal(training_batch(x, b), random_crop_flip(x[idx], g2))
+        assert torch.equal(g1.get_state(), g2.get_state())  # the next epoch starts from the same state
+        plain = epoch_batches(n, bs, torch.Generator().manual_seed(5), torch.device("cpu"))
+        assert plain[0].offsets is None and torch.equal(training_batch(x, plain[0]), x[plain[0].idx])
+
+
 def test_resnet18_shapes_and_features():
     for width in (8, 64):
         net = CifarResNet18(10, width=width)
@@ -85,7 +106,7 @@ def test_fast_recipe_learns_on_real_digits_on_the_cpu():
 
     data = Digits().load(None, {"test_fraction": 0.25}).subset(600, 300, seed=0)
     model = make_model(data.x_train, classes=10, width=8)
-    model = train_model(model, data.x_train, data.y_train, Recipe(name="fast", epochs=4, batch_size=64, lr=0.05), 0)
+    model = train_model(model, data.x_train, data.y_train, Recipe(name="fast", epochs=6, batch_size=64, lr=0.1), 0)
     with torch.no_grad():
         acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
     assert acc > 0.5, acc

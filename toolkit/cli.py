@@ -83,7 +83,8 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
 
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     if out.exists() and any(out.iterdir()) and not overwrite and not interrupted_run(out):
-        raise UsageError(f"--out {out} already holds a run; pick another folder or pass --overwrite")
+        raise UsageError(f"--out {out} already holds a run; pick another folder or pass --overwrite "
+                         "(models it finished are cached and are not retrained)")
     registry = load_registry()
     errors_log = out / "errors.log"
 

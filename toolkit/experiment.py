@@ -98,6 +98,10 @@ def load_data(p: Plan, data_root: Path):
         data = p.dataset.plugin.load(data_root, p.options[p.dataset.name])
     except DataMissing as exc:
         raise UsageError(str(exc)) from None
+    except UsageError:
+        raise
+    except Exception as exc:  # a bug in the data set plugin: name it
+        raise plugin_failure(p.dataset, "load()", exc) from exc
     return data.subset(p.config.subset, p.config.test_subset, p.config.seed)
 
 
@@ -174,46 +178,10 @@ class Run:
         self.save(self.results)
 
 
-def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[[dict[str, Any]], None],
-                   data_root: Path | None = None, cache_root: Path | None = None, use_cache: bool = True,
-                   on_error: Callable[[str, str], None] | None = None) -> dict[str, Any]:
-    """Run one experiment; ``save`` is called with the results after every model."""
-    p = plan(config, registry)
-    data = load_data(p, data_dir(data_root))
-    ds_plugin = p.dataset.plugin
-    source = data.class_index(config.source or ds_plugin.default_source or data.classes[0])
-    target_class = data.class_index(config.target or ds_plugin.default_target or data.classes[1])
-    if source == target_class:
-        raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
-    check_target_index(config.target_index, data, source)
-    attack_opts = p.options[p.attack.name]
-    try:
-        p.attack.plugin.check(data, source, target_class, attack_opts)
-    except UsageError:
-        raise
-    except Exception as exc:  # a bug in the plugin, not bad input: name the plugin
-        raise plugin_failure(p.attack, "check()", exc) from exc
-    data = data.to(p.device)
-    torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
-
-    session = Session(data, p.model, p.options[p.model.name], p.recipe,
-                      ModelCache(cache_dir(cache_root) if use_cache else None), p.device, config.seed)
-    results: dict[str, Any] = {
-        "status": "running",
-        "config": config.to_dict(),
-        "resolved": {"recipe": p.recipe.to_dict(), "options": p.options, "device": str(p.device),
-                     "source_class": data.classes[source], "target_class": data.classes[target_class]},
-        "versions": versions(p),
-        "data": {"name": data.name, "fingerprint": data.fingerprint(), "train_size": len(data.y_train),
-                 "test_size": len(data.y_test), "classes": data.classes},
-        "plugins": {e.name: {"kind": e.kind, "distribution": e.dist, "version": e.version,
-                             **({"threat_model": e.plugin.threat.__dict__} if e.kind == "defense" else {})}
-                    for e in [p.dataset, p.model, p.attack, *p.defenses]},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "models": [],
-    }
-    run = Run(results, save)
-
+def run_models(p: Plan, session: Session, data, source: int, target_class: int, run: Run,
+               on_error: Callable[[str, str], None] | None) -> None:
+    """Clean model, target, attack, poisoned model, then each defense; ``run`` saves after every model."""
+    results, attack_opts = run.results, p.options[p.attack.name]
     clean = session.train(data.x_train, data.y_train, desc="clean model")
     target = choose_target(p, data, clean, source, target_class)
     results["target"] = {"index": target.index, "source_class": data.classes[source],
@@ -223,7 +191,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     actx = AttackContext(session, data, p.options, clean, target)
     try:
         poisoning = p.attack.plugin.poison(actx, attack_opts)
-    except UsageError:
+    except (UsageError, torch.OutOfMemoryError):  # bad input; the CLI's --batch-size hint
         raise
     except Exception as exc:
         raise plugin_failure(p.attack, "poison()", exc) from exc
@@ -265,6 +233,61 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
             run.add_model(entry.name, {"failed": True, "error": f"{type(exc).__name__}: {exc}"})
             if on_error:
                 on_error(entry.name, tb)
+
+
+def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[[dict[str, Any]], None],
+                   data_root: Path | None = None, cache_root: Path | None = None, use_cache: bool = True,
+                   on_error: Callable[[str, str], None] | None = None) -> dict[str, Any]:
+    """Run one experiment; ``save`` is called with the results after every model."""
+    p = plan(config, registry)
+    data = load_data(p, data_dir(data_root))
+    ds_plugin = p.dataset.plugin
+    source = data.class_index(config.source or ds_plugin.default_source or data.classes[0])
+    target_class = data.class_index(config.target or ds_plugin.default_target or data.classes[1])
+    if source == target_class:
+        raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
+    check_target_index(config.target_index, data, source)
+    attack_opts = p.options[p.attack.name]
+    try:
+        p.attack.plugin.check(data, source, target_class, attack_opts)
+    except UsageError:
+        raise
+    except Exception as exc:  # a bug in the plugin, not bad input: name the plugin
+        raise plugin_failure(p.attack, "check()", exc) from exc
+    data = data.to(p.device)
+    torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
+
+    session = Session(data, p.model, p.options[p.model.name], p.recipe,
+                      ModelCache(cache_dir(cache_root) if use_cache else None), p.device, config.seed)
+    try:  # build the model once now, so a broken model plugin fails before any training
+        session.build(config.seed)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise plugin_failure(p.model, "build()", exc) from exc
+    results: dict[str, Any] = {
+        "status": "running",
+        "config": config.to_dict(),
+        "resolved": {"recipe": p.recipe.to_dict(), "options": p.options, "device": str(p.device),
+                     "source_class": data.classes[source], "target_class": data.classes[target_class]},
+        "versions": versions(p),
+        "data": {"name": data.name, "fingerprint": data.fingerprint(), "train_size": len(data.y_train),
+                 "test_size": len(data.y_test), "classes": data.classes},
+        "plugins": {e.name: {"kind": e.kind, "distribution": e.dist, "version": e.version,
+                             **({"threat_model": e.plugin.threat.__dict__} if e.kind == "defense" else {})}
+                    for e in [p.dataset, p.model, p.attack, *p.defenses]},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "models": [],
+    }
+    run = Run(results, save)
+
+    try:
+        run_models(p, session, data, source, target_class, run, on_error)
+    except Exception as exc:  # the attack or a clean/poisoned training failed: say so in results.json
+        results["status"] = "failed"
+        results["error"] = f"{type(exc).__name__}: {exc}"
+        save(results)
+        raise
     results["cache"] = {"hits": session.cache.hits, "misses": session.cache.misses}
     results["status"] = "failed" if run.failures else "complete"
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import random_crop_flip
+from .augment import crop_flip, draw_crop_flip
 from .options import UsageError
 
 T = TypeVar("T")
@@ -82,20 +82,51 @@ def make_optimizer(
     return torch.optim.Adam(model.parameters(), lr=recipe.lr), None, 0.0
 
 
-def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
-    """One epoch of shuffled index batches (shuffled by ``gen``); a size-1 tail is dropped (BatchNorm needs two)."""
-    order = torch.randperm(n, generator=gen).to(device)
-    for idx in order.split(batch_size):
-        if len(idx) < 2 and n >= 2:
-            continue
-        yield idx
+@dataclass(frozen=True)
+class Batch:
+    """One training step's sample indices and, when augmenting, its crop offsets and flips (all on the device)."""
+
+    idx: torch.Tensor
+    offsets: torch.Tensor | None = None
+    flips: torch.Tensor | None = None
 
 
-def training_batch(x: torch.Tensor, idx: torch.Tensor, recipe: Recipe, gen: torch.Generator) -> torch.Tensor:
-    """Images ``x[idx]``, augmented if the recipe says so, in channels_last on CUDA."""
-    xb = x[idx]
-    if recipe.augment:
-        xb = random_crop_flip(xb, gen)
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device,
+                  augment: bool = False) -> list[Batch]:
+    """One epoch of shuffled batches, shuffled (and augmented) by ``gen``.
+
+    A size-1 tail is dropped (BatchNorm needs two). The permutation and every
+    batch's augmentation draws are made on the CPU first, in the order a
+    per-batch :func:`~ptk.augment.random_crop_flip` would draw them (so a seed
+    gives the same epoch as before), then moved to ``device`` in one copy: a
+    copy from the CPU waits for the GPU, and one per step would stall it.
+    """
+    order = torch.randperm(n, generator=gen)
+    sizes = [len(c) for c in order.split(batch_size)]
+    if n >= 2 and sizes and sizes[-1] < 2:
+        sizes.pop()
+    kept = sum(sizes)
+    parts = [order]
+    if augment:
+        draws = [draw_crop_flip(b, gen) for b in sizes]
+        parts += [torch.cat([o for o, _ in draws], 1).flatten(), torch.cat([f for _, f in draws]).long()]
+    packed = torch.cat(parts).to(device)
+    idx_all = packed[:n]
+    offsets_all = packed[n : n + 2 * kept].view(2, kept) if augment else None
+    flips_all = packed[n + 2 * kept :].bool() if augment else None
+    out, start = [], 0
+    for b in sizes:
+        sl = slice(start, start + b)
+        out.append(Batch(idx_all[sl], offsets_all[:, sl] if augment else None, flips_all[sl] if augment else None))
+        start += b
+    return out
+
+
+def training_batch(x: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """Images ``x[batch.idx]``, augmented with the batch's draws if it has them, in channels_last on CUDA."""
+    xb = x[batch.idx]
+    if batch.offsets is not None:
+        xb = crop_flip(xb, batch.offsets, batch.flips)
     if xb.device.type == "cuda":
         xb = xb.contiguous(memory_format=torch.channels_last)
     return xb
@@ -147,8 +178,9 @@ def train_model(
     n = len(y)
     opt, sched, smoothing = make_optimizer(model, recipe, n)
     for _ in progress(range(recipe.epochs), desc=desc):
-        for idx in epoch_batches(n, recipe.batch_size, gen, device):
-            xb = training_batch(x, idx, recipe, gen)
+        for batch in epoch_batches(n, recipe.batch_size, gen, device, recipe.augment):
+            xb = training_batch(x, batch)
+            idx = batch.idx
             optimizer_step(model, opt, xb, y[idx], smoothing, None if weights is None else weights[idx])
             if sched is not None:
                 sched.step()

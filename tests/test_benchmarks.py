@@ -1,0 +1,80 @@
+"""The benchmark script's rows run on the CPU with tiny sizes: the GPU study path included.
+
+Timings are never asserted (benchmarks print them); what is asserted is what a
+reader of the table relies on: the error and agreement columns are right, the
+FLOP count matches the arithmetic, and the study row trains, evaluates and runs
+`ptk run` end to end with the same code a GPU run uses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+
+
+def load_benchmarks():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("ptk_benchmark_run", ROOT / "benchmarks" / "run.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    import study
+
+    return mod, study
+
+
+def test_influence_row_reports_the_error_against_a_float64_loop():
+    run, _ = load_benchmarks()
+    row = run.row_influence(torch.device("cpu"), 48, 8, 16)
+    assert row["rel_error"] < 1e-4
+    assert row["ratio"] > 0 and "max rel. error" in row["ptk"]
+
+
+def test_clustering_row_runs_art_and_ptk_on_the_same_activations_and_they_agree():
+    run, _ = load_benchmarks()
+    acts, labels = run.clustered_activations(2000, 32)
+    assert acts.shape == (2000, 32) and (labels == 5).sum() == 200
+    row = run.row_clustering(2000, 32)
+    assert row["flags_identical"] is True
+    assert row["ratio"] > 0
+
+
+def test_flop_count_is_the_issue_arithmetic_for_resnet18():
+    """3.3 GFLOP per training image (forward + backward) for the standard width-64 network; ~1/16 at width 16."""
+    _, study = load_benchmarks()
+    from ptk_plugins.resnet import CifarResNet18
+
+    full = study.train_flops_per_image(CifarResNet18(10, width=64), (3, 32, 32))
+    narrow = study.train_flops_per_image(CifarResNet18(10, width=16), (3, 32, 32))
+    assert 3.2e9 < full < 3.5e9, full
+    assert 12 < full / narrow < 17
+    assert study.bf16_peak(torch.device("cpu")) is None
+
+
+@pytest.mark.slow
+def test_study_row_on_the_cpu_trains_both_recipes_and_times_a_whole_run(cifar_data_dir):
+    _, study = load_benchmarks()
+    run_args = ["--dataset", "cifar10", "--subset", "300", "--test-subset", "100", "--epochs", "1",
+                "-o", "resnet18.width=8", "-o", "labelflip.budget=10", "--defense", "loss-outliers"]
+    row = study.study_row(None, torch.device("cpu"), 512, 200, 8, 1, run_args, None, data_dir=cifar_data_dir)
+    recipes = {r["recipe"]: r for r in row["recipes"]}
+    assert set(recipes) == {"study", "fast"}
+    assert recipes["fast"]["batch_size"] == 512 and recipes["study"]["lr"] == 1e-4  # the recipes' own settings
+    for r in recipes.values():
+        assert r["train_images"] == 512 and r["epochs"] == 1
+        assert 0.0 <= r["test_accuracy"] <= 1.0 and r["seconds_per_epoch"] > 0
+        assert r["mfu"] is None  # no peak on a CPU: no made-up utilisation
+    run = row["ptk_run"]
+    assert run["status"] == "complete" and run["wall_seconds"] > 0
+    assert set(run["models"]) == {"clean", "poisoned", "loss-outliers"}
+    assert all(0 < m["test_accuracy"] <= 1 for m in run["models"].values())
+
+
+def test_study_row_without_data_says_so(tmp_path):
+    _, study = load_benchmarks()
+    row = study.study_row(tmp_path / "missing.tar.gz", torch.device("cpu"), 10, 10, 8, 1, None, None)
+    assert row["ptk"] == "skipped" and "--cifar" in row["what"]
