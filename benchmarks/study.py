@@ -67,6 +67,7 @@ class RecipeTiming:
     images_per_second: float
     test_accuracy: float
     gflop_per_image: float
+    achieved_tflops: float  # training FLOP/s actually reached (FlopCounterMode count x images per second)
     mfu: float | None  # achieved FLOP/s over the GPU's bf16 peak; None where no peak is known
 
 
@@ -103,7 +104,7 @@ def time_recipe(data, name: str, width: int, epochs: int, peak: float | None, se
     flops = train_flops_per_image(model, tuple(data.x_train.shape[1:]))
     ips = len(data.y_train) * epochs / seconds
     return RecipeTiming(name, len(data.y_train), epochs, recipe.batch_size, recipe.lr, round(seconds / epochs, 3),
-                        round(ips, 1), round(acc, 4), round(flops / 1e9, 3),
+                        round(ips, 1), round(acc, 4), round(flops / 1e9, 3), round(flops * ips / 1e12, 3),
                         round(flops * ips / peak, 4) if peak else None)
 
 
@@ -143,7 +144,8 @@ def study_row(archive: Path | None, device: torch.device, train: int | None, tes
         run = time_ptk_run(run_args, data_dir) if run_args else None
     study, fast = timings
     shown = "; ".join(f"{t.recipe}: {t.seconds_per_epoch:.2f} s/epoch, {t.images_per_second:.0f} img/s, "
-                      f"acc {t.test_accuracy:.3f}" + (f", MFU {t.mfu:.1%}" if t.mfu is not None else "")
+                      f"acc {t.test_accuracy:.3f}, {t.achieved_tflops:.2f} TFLOP/s"
+                      + (f" (MFU {t.mfu:.1%})" if t.mfu is not None else "")
                       for t in timings)
     if run:
         shown += f"; whole `ptk run` {run['wall_seconds']:.0f} s ({run['status']})"

@@ -27,7 +27,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl
+from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl
 from ptk.options import positive
 
 ANALYSES = ("smaller", "relative-size", "distance")
@@ -158,14 +158,22 @@ class ActivationClustering(Defense):
                choices=("ptk", "art")),
     ]
 
+    def check(self, data: Dataset, options: dict[str, Any]) -> None:
+        if options["backend"] != "art":
+            return
+        if options["mode"] != "art":
+            raise UsageError("activation-clustering.backend=art runs ART's ActivationDefence, which has no "
+                             "dominant-label mode; add -o activation-clustering.mode=art")
+        from ptk_plugins.activation_clustering_art import check_art_options
+
+        check_art_options(options)
+
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
         mode, backend = options["mode"], options["backend"]
         labels = ctx.data.y_train.cpu().numpy()
         num_classes = ctx.data.num_classes
         if backend == "art":
-            if mode != "art":
-                raise UsageError("activation-clustering.backend=art runs ART's ActivationDefence, which has no "
-                                 "dominant-label mode; add -o activation-clustering.mode=art")
+            self.check(ctx.data, options)
             from ptk_plugins.activation_clustering_art import art_backend_flags
 
             flagged, report = art_backend_flags(ctx, options)

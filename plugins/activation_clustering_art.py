@@ -125,11 +125,16 @@ def run_activation_defence(classifier, x: np.ndarray, y: np.ndarray, options: di
     return flagged, defence.clusters_by_class, "ptk"
 
 
-def art_backend_flags(ctx: DefenseContext, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Flags from ART's ActivationDefence on the poisoned model's penultimate layer."""
+def check_art_options(options: dict[str, Any]) -> None:
+    """Refuse options ART's ActivationDefence cannot honour."""
     if options["analysis"] == "relative-size" and options["size_threshold"] != ART_SIZE_THRESHOLD:
         raise UsageError(f"ART's ActivationDefence fixes the relative-size threshold at {ART_SIZE_THRESHOLD}; "
                          "drop -o activation-clustering.size_threshold or use backend=ptk")
+
+
+def art_backend_flags(ctx: DefenseContext, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Flags from ART's ActivationDefence on the poisoned model's penultimate layer."""
+    check_art_options(options)
     x = ctx.data.x_train.float().div(255).cpu().numpy()
     y = ctx.data.y_train.cpu().numpy()
     with quiet_art():

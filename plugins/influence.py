@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl
-from ptk.options import non_negative, positive
+from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl
+from ptk.options import check_removal_count, non_negative, positive
 
 Params = dict[str, torch.Tensor]
 #: What is differentiated per training sample: its loss (the study) or minus its own-label logit.
@@ -192,11 +192,13 @@ class Influence(Defense):
                choices=SCORES),
     ]
 
+    def check(self, data: Dataset, options: dict[str, Any]) -> None:
+        check_removal_count("influence.k", options["k"], len(data.y_train))
+
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
         n = len(ctx.data.y_train)
         k = options["k"] or ctx.attack_budget
-        if k >= n:
-            raise UsageError(f"option influence.k={k} would remove all {n} training samples; pick k < {n}")
+        check_removal_count("influence.k", k, n)
         target = ctx.target
         model = ctx.poisoned_model
         probs = ctx.predict_proba(model, target.image)[0]

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl
-from ptk.options import non_negative, positive
+from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl
+from ptk.options import check_removal_count, non_negative, positive
 
 #: 0.6745 = Phi^-1(0.75): makes MAD a consistent estimate of a normal sigma.
 MAD_SCALE = 0.6745
@@ -80,16 +80,20 @@ class LossOutliers(Defense):
         Option("k", int, 0, "rule=topk: samples to remove (0 = the attack budget)", check=non_negative),
     ]
 
+    def check(self, data: Dataset, options: dict[str, Any]) -> None:
+        if options["rule"] == "zscore" and options["k"]:
+            raise UsageError("option loss-outliers.k applies to rule=topk only; "
+                             "add -o loss-outliers.rule=topk or drop the k option")
+        check_removal_count("loss-outliers.k", options["k"], len(data.y_train))
+
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
+        self.check(ctx.data, options)
         rule = options["rule"]
         y = ctx.data.y_train
         n = len(y)
         k = options["k"] or ctx.attack_budget
-        if rule == "zscore" and options["k"]:
-            raise UsageError("option loss-outliers.k applies to rule=topk only; "
-                             "add -o loss-outliers.rule=topk or drop the k option")
-        if rule == "topk" and k >= n:
-            raise UsageError(f"option loss-outliers.k={k} would remove all {n} training samples; pick k < {n}")
+        if rule == "topk":
+            check_removal_count("loss-outliers.k", k, n)
         losses = ctx.per_sample_loss(ctx.poisoned_model, ctx.data.x_train, y)
         details: dict[str, Any] = {"rule": rule}
         if rule == "topk":

@@ -133,11 +133,16 @@ def test_dominant_label_through_the_cli_removes_poison(ptk, tmp_path):
     assert row["test_accuracy"] > 0.5
 
 
-def test_backend_art_refuses_the_dominant_label_mode(ptk, tmp_path):
+@pytest.mark.parametrize("options, fix", [
+    # ART has no dominant-label mode
+    (["activation-clustering.backend=art"], "add -o activation-clustering.mode=art"),
+    # ART fixes the relative-size threshold
+    (["activation-clustering.backend=art", "activation-clustering.mode=art", "activation-clustering.analysis="
+      "relative-size", "activation-clustering.size_threshold=0.2"], "drop -o activation-clustering.size_threshold"),
+])
+def test_backend_art_refuses_what_art_cannot_do_before_training(ptk, tmp_path, options, fix):
     out = tmp_path / "run"
-    # ART has no dominant-label mode: the defense fails with the fix in its message, the run says so
-    res = ptk("run", "--defense", "activation-clustering", *TINY, "-o", "activation-clustering.backend=art",
-              "--out", out, expect=1)
-    assert "activation-clustering.mode=art" in res.output
-    row = model_row(load_results(out), "activation-clustering")
-    assert row["failed"] and "-o activation-clustering.mode=art" in row["error"]
+    res = ptk("run", "--defense", "activation-clustering", *TINY, *[a for o in options for a in ("-o", o)],
+              "--out", out, expect=2)
+    assert fix in res.output
+    assert not (out / "results.json").exists()  # refused by Defense.check, before the clean model trained

@@ -68,6 +68,7 @@ def test_study_row_on_the_cpu_trains_both_recipes_and_times_a_whole_run(cifar_da
         assert r["train_images"] == 512 and r["epochs"] == 1
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["seconds_per_epoch"] > 0
         assert r["mfu"] is None  # no peak on a CPU: no made-up utilisation
+        assert r["achieved_tflops"] == pytest.approx(r["gflop_per_image"] * r["images_per_second"] / 1e3, rel=0.05, abs=2e-3)
     run = row["ptk_run"]
     assert run["status"] == "complete" and run["wall_seconds"] > 0
     assert set(run["models"]) == {"clean", "poisoned", "loss-outliers"}

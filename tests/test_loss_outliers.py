@@ -68,15 +68,15 @@ def test_loss_outliers_through_the_cli(ptk, tmp_path):
     assert "failed" not in row
 
 
-def test_k_without_topk_and_k_too_large_are_refused_with_the_fix(ptk, tmp_path):
-    # the runner records a defense that raises as failed (exit 1) and keeps the other models
-    ptk("run", "--defense", "loss-outliers", *TINY, "-o", "loss-outliers.k=5", "--out", tmp_path / "a", expect=1)
-    row = model_row(load_results(tmp_path / "a"), "loss-outliers")
-    assert row["failed"] and "add -o loss-outliers.rule=topk" in row["error"]
-    ptk("run", "--defense", "loss-outliers", *TINY, "-o", "loss-outliers.rule=topk", "-o", "loss-outliers.k=800",
-        "--out", tmp_path / "b", expect=1)
-    row = model_row(load_results(tmp_path / "b"), "loss-outliers")
-    assert row["failed"] and "k=800 would remove all 800 training samples; pick k < 800" in row["error"]
+def test_k_without_topk_and_k_too_large_are_refused_with_the_fix_before_training(ptk, tmp_path):
+    # Defense.check runs before the clean model trains: exit 2, one line with the fix, no run folder content
+    res = ptk("run", "--defense", "loss-outliers", *TINY, "-o", "loss-outliers.k=5", "--out", tmp_path / "a",
+              expect=2)
+    assert "add -o loss-outliers.rule=topk" in res.output
+    res = ptk("run", "--defense", "loss-outliers", *TINY, "-o", "loss-outliers.rule=topk",
+              "-o", "loss-outliers.k=800", "--out", tmp_path / "b", expect=2)
+    assert "k=800 would remove all 800 training samples; pick k < 800" in res.output  # 800 = --subset
+    assert not (tmp_path / "a" / "results.json").exists() and not (tmp_path / "b" / "results.json").exists()
 
 
 @pytest.mark.parametrize("option, message", [

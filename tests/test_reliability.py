@@ -82,6 +82,28 @@ class BrokenModel(ptk.ModelSpec):
         raise ValueError("unsupported image shape")
 
 
+class Picky(ptk.Defense):
+    name = "picky"
+    description = "refuses every setting in check(), as a defense with an impossible option would"
+
+    def check(self, data, options):
+        raise ptk.UsageError(f"picky cannot defend {len(data.y_train)} samples; use fewer")
+
+    def defend(self, ctx, options):
+        raise AssertionError("defend must not run after check refused")
+
+
+class BuggyCheck(ptk.Defense):
+    name = "buggy-check"
+    description = "check() has a bug"
+
+    def check(self, data, options):
+        raise KeyError("threshold")
+
+    def defend(self, ctx, options):
+        raise AssertionError("defend must not run after check failed")
+
+
 class TestPlugins:
     @ptk.hookimpl
     def register_datasets(self, register):
@@ -95,6 +117,8 @@ class TestPlugins:
     def register_defenses(self, register):
         register(Exploding())
         register(Passthrough())
+        register(Picky())
+        register(BuggyCheck())
 
     @ptk.hookimpl
     def register_attacks(self, register):
@@ -154,6 +178,17 @@ def test_broken_data_or_model_plugin_is_named_before_any_training(ptk, tmp_path,
     res = ptk("run", *TINY, *args, "--out", out, expect=1)
     assert step in res.output and "Traceback" not in res.output
     assert not (out / "results.json").exists()  # it failed before the run started, so there is no half a run
+
+
+@pytest.mark.parametrize("defense, code, message", [
+    ("picky", 2, "picky cannot defend 800 samples; use fewer"),  # bad input: exit 2 with the plugin's fix
+    ("buggy-check", 1, "defense 'buggy-check' (plugin reliability-tests, (in-process)) failed in check(): KeyError"),
+])
+def test_defense_check_runs_before_any_training(ptk, tmp_path, with_test_plugins, defense, code, message):
+    out = tmp_path / "run"
+    res = ptk("run", *TINY, "--defense", "passthrough", "--defense", defense, "--out", out, expect=code)
+    assert message in res.output and "Traceback" not in res.output
+    assert not (out / "results.json").exists()  # nothing trained, not even the defense listed first
 
 
 def ptk_subprocess(args, env, **kw):

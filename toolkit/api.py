@@ -114,6 +114,14 @@ class Defense(Plugin):
     def defend(self, ctx: "DefenseContext", options: dict[str, Any]) -> DefenseResult:
         raise NotImplementedError
 
+    def check(self, data: "Dataset", options: dict[str, Any]) -> None:
+        """Refuse impossible settings before any training (raise :class:`ptk.UsageError`).
+
+        ``data`` is the run's data after subsetting (clean labels: the attack has
+        not run yet). Without this, a bad option would surface only after the clean
+        and poisoned models are trained, as a failed defense.
+        """
+
 
 class DatasetSource(Plugin):
     """A data set. Override :meth:`load`; raise :class:`ptk.DataMissing` when files are absent.

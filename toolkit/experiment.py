@@ -165,6 +165,17 @@ def plugin_failure(entry: Entry, step: str, exc: Exception) -> PluginError:
                        f"{type(exc).__name__}: {exc}")
 
 
+def call_check(entry: Entry, *args: Any) -> None:
+    """``entry.plugin.check(*args)`` before any training: a UsageError is bad input (exit 2); any other
+    exception is a bug in the plugin, reported with its name."""
+    try:
+        entry.plugin.check(*args)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise plugin_failure(entry, "check()", exc) from exc
+
+
 @dataclass
 class Run:
     """A run in progress: the results dict, written out after every step."""
@@ -247,13 +258,9 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     if source == target_class:
         raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
     check_target_index(config.target_index, data, source)
-    attack_opts = p.options[p.attack.name]
-    try:
-        p.attack.plugin.check(data, source, target_class, attack_opts)
-    except UsageError:
-        raise
-    except Exception as exc:  # a bug in the plugin, not bad input: name the plugin
-        raise plugin_failure(p.attack, "check()", exc) from exc
+    call_check(p.attack, data, source, target_class, p.options[p.attack.name])
+    for entry in p.defenses:
+        call_check(entry, data, p.options[entry.name])
     data = data.to(p.device)
     torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
 

@@ -93,3 +93,9 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
             raise UsageError(f"bad -o {pair!r}: write -o PLUGIN.OPTION=VALUE, e.g. -o labelflip.budget=250")
         out.setdefault(plugin.strip(), {})[key.strip()] = value.strip()
     return out
+
+
+def check_removal_count(option: str, k: int, n: int) -> None:
+    """A removal defense's ``k`` must leave something to retrain on (``k`` 0 means "the attack budget": no check)."""
+    if k and k >= n:
+        raise UsageError(f"option {option}={k} would remove all {n} training samples; pick k < {n}")
