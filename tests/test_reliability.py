@@ -232,6 +232,9 @@ def test_same_seed_gives_identical_results_without_cache(ptk, tmp_path):
     assert json.dumps(stable(a), sort_keys=True) == json.dumps(stable(b), sort_keys=True)
     assert a["data"]["fingerprint"] and a["attack"]["poisoned_labels_sha256"]
     assert a["versions"]["torch"] == torch.__version__
+    # what bit-reproducibility on the CPU depends on is written down with the result
+    assert a["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert a["versions"]["numpy"] and ("gpu" in a["versions"]) == torch.cuda.is_available()
 
 
 def test_rerun_repeats_a_run_from_results_json(ptk, tmp_path):

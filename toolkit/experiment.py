@@ -153,7 +153,14 @@ def train_info(model) -> dict[str, Any]:
 
 
 def versions(p: Plan) -> dict[str, str]:
-    out = {"ptk": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    """Software and hardware a result depends on. CPU results are bit-reproducible on one kind of CPU, not across
+    them (AVX2 and AVX-512 kernels sum in different orders), so the kernel ISA torch used is recorded too."""
+    import numpy
+
+    out = {"ptk": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+           "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    if p.device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(p.device)
     for e in [p.dataset, p.model, p.attack, *p.defenses]:
         out[e.dist] = e.version
     return out
