@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import pickle
 import shutil
 import struct
@@ -331,6 +332,23 @@ def test_debian_fashion_mnist_is_found_without_import(tmp_path):
     ds = load("fashion-mnist", tmp_path / "empty")
     assert tuple(ds.x_train.shape) == (60000, 1, 28, 28) and tuple(ds.x_test.shape) == (10000, 1, 28, 28)
     assert np.bincount(ds.y_train.numpy()).tolist() == [6000] * 10
+
+
+@pytest.mark.slow
+def test_label_flip_on_real_fashion_mnist_through_the_cli(ptk, tmp_path):
+    """The one-channel path end to end on Debian's original files: Shirt -> T-shirt/top, the data set's defaults."""
+    if datastore.find_debian_fashion_mnist() is None:
+        pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
+    out = tmp_path / "run"
+    ptk("run", "--dataset", "fashion-mnist", "--subset", "1000", "--test-subset", "500", "--epochs", "2",
+        "--lr", "3e-3", "--batch-size", "64", "-o", "resnet18.width=8", "-o", "labelflip.budget=30",
+        "--defense", "none", "--out", out)
+    r = json.loads((out / "results.json").read_text())
+    assert r["status"] == "complete" and r["data"]["name"] == "fashion-mnist"
+    assert (r["target"]["source_class"], r["target"]["target_class"]) == ("Shirt", "T-shirt/top")
+    assert len(r["attack"]["poison_indices"]) == 30
+    clean = r["models"][0]
+    assert clean["name"] == "clean" and clean["test_accuracy"] > 0.3  # chance is 0.1
 
 
 @pytest.mark.parametrize("dataset, hint", [
