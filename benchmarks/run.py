@@ -44,26 +44,15 @@ ARCHIVE = next((a for a in ARCHIVES if a.exists()), ARCHIVES[0])
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from study import import_cifar, network, ptk_cli, study_row, sync  # noqa: E402
 from ptk.augment import random_crop_flip  # noqa: E402
-from ptk.network import Network, channel_stats  # noqa: E402
 from ptk.train import Recipe, autocast, train_model  # noqa: E402
-from ptk_plugins.resnet import CifarResNet18  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def images(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     return x.to(device), torch.randint(0, 10, (n,), generator=g).to(device)
-
-
-def network(width: int, x: torch.Tensor, device: torch.device) -> Network:
-    torch.manual_seed(0)
-    return Network(CifarResNet18(10, width=width), *channel_stats(x)).to(device)
 
 
 def minimal_loop(model, x, y, epochs: int, batch: int, lr: float, seed: int) -> None:
@@ -92,27 +81,32 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def best_of(repeats: int, *fns) -> list[float]:
-    """Each function's fastest of ``repeats`` runs, alternating between them so drift hits both alike."""
+def best_of(repeats: int, *fns, setup=None) -> list[float]:
+    """Each function's fastest of ``repeats`` runs, alternating between them so drift hits both alike.
+
+    With ``setup``, each run is ``fn(setup())`` and only ``fn`` is timed (e.g. a fresh model to train).
+    """
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            best[i] = min(best[i], timed(fn))
+            if setup is None:
+                best[i] = min(best[i], timed(fn))
+            else:
+                arg = setup()
+                best[i] = min(best[i], timed(lambda: fn(arg)))
     return best
 
 
 def row_trainer(device, n, width, epochs) -> dict:
     x, y = images(n, device)
     recipe = Recipe(epochs=epochs, batch_size=128, lr=1e-4)
-    # warm up both (allocator, cuDNN autotune), then alternate twice and keep the best of each
+    # warm up both (allocator, cuDNN autotune), then alternate and keep the best of each, on fresh models
     train_model(network(width, x, device), x[:256], y[:256], Recipe(epochs=1, batch_size=128), 0)
-    ptk_s, min_s = [], []
-    for _ in range(2):
-        m = network(width, x, device)
-        ptk_s.append(timed(lambda: (train_model(m, x, y, recipe, 0), sync(device))))
-        m = network(width, x, device)
-        min_s.append(timed(lambda: (minimal_loop(m, x, y, epochs, 128, 1e-4, 0), sync(device))))
-    a, b = n * epochs / min(ptk_s), n * epochs / min(min_s)
+    minimal_loop(network(width, x, device), x[:256], y[:256], 1, 128, 1e-4, 0)
+    ptk_s, min_s = best_of(3, lambda m: (train_model(m, x, y, recipe, 0), sync(device)),
+                           lambda m: (minimal_loop(m, x, y, epochs, 128, 1e-4, 0), sync(device)),
+                           setup=lambda: network(width, x, device))
+    a, b = n * epochs / ptk_s, n * epochs / min_s
     row = {"row": "1 trainer", "what": f"ptk train_model vs minimal loop, {n} images x {epochs} ep, width {width}",
            "ptk": f"{a:.0f} img/s", "baseline": f"{b:.0f} img/s", "ratio": round(a / b, 3), "target": ">= 0.95"}
     if device.type == "cuda":  # how often each loop makes the host wait for the GPU, in one epoch
@@ -178,18 +172,12 @@ def row_data_path(device, n) -> dict:
             "ptk": f"{a:.0f} img/s", "baseline": f"{b:.0f} img/s", "ratio": round(a / b, 2), "target": "> 1"}
 
 
-def run_cli(args: list[str], env: dict) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "ptk", *args], env=env, check=True, capture_output=True)
-    return time.perf_counter() - start
-
-
 def row_cache(quick: bool) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PTK_CACHE_DIR": f"{tmp}/cache", "PTK_DATA_DIR": f"{tmp}/data"}
         base = ["run", "--preset", "quick", "--subset", "800" if quick else "1347", "--epochs", "3"]
-        first = run_cli([*base, "--defense", "none", "--out", f"{tmp}/a"], env)
-        second = run_cli([*base, "--defense", "loss-outliers", "--out", f"{tmp}/b"], env)
+        first = ptk_cli([*base, "--defense", "none", "--out", f"{tmp}/a"], env)
+        second = ptk_cli([*base, "--defense", "loss-outliers", "--out", f"{tmp}/b"], env)
         res = json.loads(Path(f"{tmp}/b/results.json").read_text())
         cached = [m["name"] for m in res["models"] if m.get("cached")]
     return {"row": "5 cache", "what": "second ptk run adding a defense vs first run (quick preset)",
@@ -201,25 +189,32 @@ def row_growth(device, sizes, width) -> dict:
     per_epoch = []
     for n in sizes:
         x, y = images(n, device)
-        m = network(width, x, device)
-        per_epoch.append(timed(lambda: (train_model(m, x, y, Recipe(epochs=1, batch_size=128), 0), sync(device))))
+        one_epoch = Recipe(epochs=1, batch_size=128)
+        per_epoch += best_of(2, lambda m: (train_model(m, x, y, one_epoch, 0), sync(device)),
+                             setup=lambda: network(width, x, device))
     per_image = [s / n * 1e3 for s, n in zip(per_epoch, sizes)]
     return {"row": "6 growth", "what": f"s/epoch at {', '.join(map(str, sizes))} images (width {width})",
             "ptk": ", ".join(f"{s:.2f}" for s in per_epoch), "baseline": "linear",
             "ratio": round(per_image[-1] / per_image[0], 2), "target": "~1.0 (ms/image, largest vs smallest)"}
 
 
-def peak_memory_of(args: list[str]) -> tuple[float, float | None]:
+def peak_memory_of(args: list[str], data_dir: str | None = None) -> tuple[float, float | None]:
     """Peak RSS and peak GPU memory allocated (MiB; None without a GPU) of a child `ptk` process."""
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "PTK_CACHE_DIR": f"{tmp}/cache", "PTK_DATA_DIR": os.environ.get("PTK_DATA_DIR", f"{tmp}/data")}
-        code = ("import resource, sys, torch; from ptk.cli import cli\n"
-                "try:\n    cli(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        env = {**os.environ, "PTK_CACHE_DIR": f"{tmp}/cache", "PTK_DATA_DIR": data_dir or f"{tmp}/data"}
+        # VmHWM, not getrusage's ru_maxrss: on Linux a child's ru_maxrss keeps the parent's RSS at fork time,
+        # so after the earlier rows it would report this (large) benchmark process instead of the run
+        code = ("import re, sys, torch; from ptk.cli import cli\n"
+                "rc = 0\n"
+                "try:\n    cli(sys.argv[1:])\nexcept SystemExit as exc:\n    rc = exc.code or 0\n"
                 "gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else -1\n"
-                "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, gpu)")
+                "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+                "print(hwm, gpu, rc)")
         out = subprocess.run([sys.executable, "-c", code, *args, "--out", f"{tmp}/r"], env=env,
                              capture_output=True, text=True, check=True)
-        rss_kib, gpu_bytes = out.stdout.strip().splitlines()[-1].split()
+        rss_kib, gpu_bytes, rc = out.stdout.strip().splitlines()[-1].split()
+        if rc != "0":  # a failed run's peak memory measures nothing
+            raise RuntimeError(f"ptk {' '.join(args)} exited {rc}:\n{out.stderr[-2000:]}")
         return int(rss_kib) / 1024, (int(gpu_bytes) / 2**20 if int(gpu_bytes) >= 0 else None)
 
 
@@ -232,15 +227,9 @@ def row_memory(quick: bool, archive: Path) -> dict:
     if archive.exists():
         n = "5000" if quick else "20000"
         with tempfile.TemporaryDirectory() as data:
-            env = {**os.environ, "PTK_DATA_DIR": data}
-            subprocess.run([sys.executable, "-m", "ptk", "data", "import", "cifar10", str(archive)], env=env,
-                           check=True, capture_output=True)
-            os.environ["PTK_DATA_DIR"] = data
-            try:
-                mem = peak_memory_of(["run", "--dataset", "cifar10", "--subset", n, "--test-subset", "1000",
-                                      "--epochs", "1", "-o", "resnet18.width=16", "--defense", "none"])
-            finally:
-                del os.environ["PTK_DATA_DIR"]
+            import_cifar(archive, Path(data))
+            mem = peak_memory_of(["run", "--dataset", "cifar10", "--subset", n, "--test-subset", "1000",
+                                  "--epochs", "1", "-o", "resnet18.width=16", "--defense", "none"], data)
         parts.append(shown(f"CIFAR-10 {n} images, width 16", mem))
     return {"row": "7 memory", "what": "peak memory of a whole `ptk run` (CIFAR: 1 epoch; quick preset: 1 epoch in --quick)", "ptk": "; ".join(parts),
             "baseline": "-", "ratio": None, "target": "-"}
@@ -248,6 +237,8 @@ def row_memory(quick: bool, archive: Path) -> dict:
 
 def row_influence(device, n, width, ref_n) -> dict:
     """Batched forward-mode influence vs one backward pass per sample; error against a float64 loop."""
+    from test_influence import relative_error
+
     from ptk_plugins.influence import influence_scores, naive_influence_scores, target_gradient
 
     x, y = images(n, device)
@@ -261,7 +252,7 @@ def row_influence(device, n, width, ref_n) -> dict:
     fast_s, naive_s = best_of(2, lambda: (influence_scores(model, x, y, direction, batch_size=64), sync(device)),
                               lambda: (naive_influence_scores(model, x, y, tx, ty), sync(device)))
     ref = naive_influence_scores(model, x[:ref_n], y[:ref_n], tx, ty, dtype=torch.float64)
-    err = ((fast[:ref_n].double() - ref).abs().max() / ref.abs().max()).item()
+    err = relative_error(fast[:ref_n], ref)
     return {"row": "3 influence", "what": f"batched jvp (batch 64) vs per-sample backward loop, {n} images, width "
                                           f"{width}; error vs float64 loop on {ref_n}",
             "ptk": f"{fast_s:.1f} s (max rel. error {err:.1e})", "baseline": f"{naive_s:.1f} s",
@@ -290,13 +281,19 @@ def row_clustering(n, dims) -> dict:
 
     acts, labels = clustered_activations(n, dims)
     options = {"nb_dims": 10, "reduce": "pca", "analysis": "smaller"}
-    ptk_flags, _ = art_mode_flags(acts, labels, 10, "pca", 10, "smaller", 0.35, 0)
+
+    def ptk_flags_of():
+        return art_mode_flags(acts, labels, 10, options["reduce"], options["nb_dims"], options["analysis"], 0.35, 0)[0]
+
     with quiet_art():
         clf = art_classifier(StubNetwork(dims, 10), (dims,), 10, torch.device("cpu"))
-        art_flags, _, _ = run_activation_defence(clf, acts, labels, options, 0)
+
+        def art_flags_of():
+            return run_activation_defence(clf, acts, labels, options, 0)[0]
+
+        ptk_flags, art_flags = ptk_flags_of(), art_flags_of()
         # timed after a first call of each (imports, BLAS and sklearn thread pools warmed up)
-        ptk_s, art_s = best_of(3, lambda: art_mode_flags(acts, labels, 10, "pca", 10, "smaller", 0.35, 0),
-                               lambda: run_activation_defence(clf, acts, labels, options, 0))
+        ptk_s, art_s = best_of(3, ptk_flags_of, art_flags_of)
     agree = bool((ptk_flags == art_flags).all())
     return {"row": "4 clustering", "what": f"ptk mode=art vs ART ActivationDefence, {n} x {dims} activations, "
                                            "PCA 10, smaller",
@@ -306,8 +303,6 @@ def row_clustering(n, dims) -> dict:
 
 
 def row_study(device, quick: bool, archive: Path, peak: float | None) -> dict:
-    from study import study_row
-
     if device.type == "cuda" and not quick:  # the seed study's full setup
         return study_row(archive, device, None, None, 64, 10,
                          ["--dataset", "cifar10", "--attack", "labelflip", "--defense", "all", "--recipe", "fast"],
@@ -332,7 +327,7 @@ def main() -> None:
 
     peak = args.peak_tflops * 1e12 if args.peak_tflops else bf16_peak(device)
     rows_fns = {
-        "1": lambda: row_trainer(device, 1024 if q else 10_000, 16 if q else 64, 1 if q else 2),
+        "1": lambda: row_trainer(device, 1024 if q else 10_000, 16 if q else 64, 2),
         "2": lambda: row_data_path(device, 4096 if q else 20_000),
         "5": lambda: row_cache(q),
         "6": lambda: row_growth(device, [1000, 2000, 4000] if q else [5000, 10_000, 20_000], 8 if q else 64),

@@ -56,6 +56,22 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def network(width: int, x: torch.Tensor, device: torch.device, classes: int = 10, seed: int = 0) -> Network:
+    """A fresh ResNet-18 of ``width`` behind ptk's normalisation (statistics of ``x``), seeded, on ``device``."""
+    torch.manual_seed(seed)
+    return Network(CifarResNet18(classes, width=width), *channel_stats(x)).to(device)
+
+
+def ptk_cli(args: list[str], env: dict | None = None, ok: tuple[int, ...] = (0,)) -> float:
+    """Wall seconds of ``python -m ptk ARGS`` in a child process; an exit code not in ``ok`` raises with its stderr."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "ptk", *args], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode not in ok:
+        raise RuntimeError(f"ptk {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+    return seconds
+
+
 @dataclass
 class RecipeTiming:
     recipe: str
@@ -76,7 +92,8 @@ def load_cifar(data_dir: Path, train: int | None, test: int | None, device: torc
     return Cifar10().load(data_dir, {}).subset(train, test, seed=0).to(device)
 
 
-def time_recipe(data, name: str, width: int, epochs: int, peak: float | None, seed: int = 0) -> RecipeTiming:
+def time_recipe(data, name: str, width: int, epochs: int, flops: float, peak: float | None,
+                seed: int = 0) -> RecipeTiming:
     """Train a clean ResNet-18 with recipe ``name`` as `ptk run` would; seconds per epoch and test accuracy.
 
     A one-epoch run on 2,048 images first warms up the allocator and cuDNN's
@@ -85,11 +102,9 @@ def time_recipe(data, name: str, width: int, epochs: int, peak: float | None, se
     device = data.x_train.device
     defaults = RECIPES[name]
     recipe = Recipe(name=name, epochs=epochs, batch_size=defaults["batch_size"], lr=defaults["lr"])
-    stats = channel_stats(data.x_train)
 
     def fresh() -> Network:
-        torch.manual_seed(seed)
-        return Network(CifarResNet18(data.num_classes, width=width), *stats).to(device)
+        return network(width, data.x_train, device, data.num_classes, seed)
 
     warm = min(2048, len(data.y_train))
     train_model(fresh(), data.x_train[:warm], data.y_train[:warm], Recipe(name=name, epochs=1,
@@ -101,7 +116,6 @@ def time_recipe(data, name: str, width: int, epochs: int, peak: float | None, se
     sync(device)
     seconds = time.perf_counter() - start
     acc = (predict_proba(model, data.x_test).argmax(1) == data.y_test).float().mean().item()
-    flops = train_flops_per_image(model, tuple(data.x_train.shape[1:]))
     ips = len(data.y_train) * epochs / seconds
     return RecipeTiming(name, len(data.y_train), epochs, recipe.batch_size, recipe.lr, round(seconds / epochs, 3),
                         round(ips, 1), round(acc, 4), round(flops / 1e9, 3), round(flops * ips / 1e12, 3),
@@ -112,12 +126,8 @@ def time_ptk_run(args: list[str], data_dir: Path) -> dict:
     """Wall seconds of one whole `ptk run ARGS` in a child process with a fresh cache, and what it reported."""
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PTK_DATA_DIR": str(data_dir), "PTK_CACHE_DIR": f"{tmp}/cache"}
-        start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "ptk", "run", *args, "--out", f"{tmp}/run"], env=env,
-                              capture_output=True, text=True)
-        seconds = time.perf_counter() - start
-        if proc.returncode not in (0, 1):  # 1: a defense failed, still a timed run with a report
-            raise RuntimeError(f"ptk run {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-2000:]}")
+        # exit 1: a defense failed; still a timed run with a report
+        seconds = ptk_cli(["run", *args, "--out", f"{tmp}/run"], env, ok=(0, 1))
         res = json.loads(Path(f"{tmp}/run/results.json").read_text())
     models = {m["name"]: {k: m.get(k) for k in ("test_accuracy", "target_pred", "train_seconds", "failed")}
               for m in res["models"]}
@@ -125,8 +135,7 @@ def time_ptk_run(args: list[str], data_dir: Path) -> dict:
 
 
 def import_cifar(archive: Path, data_dir: Path) -> None:
-    subprocess.run([sys.executable, "-m", "ptk", "data", "import", "cifar10", str(archive), "--data-dir",
-                    str(data_dir)], check=True, capture_output=True)
+    ptk_cli(["data", "import", "cifar10", str(archive), "--data-dir", str(data_dir)])
 
 
 def study_row(archive: Path | None, device: torch.device, train: int | None, test: int | None, width: int,
@@ -140,7 +149,8 @@ def study_row(archive: Path | None, device: torch.device, train: int | None, tes
             data_dir = Path(tmp)
             import_cifar(archive, data_dir)
         data = load_cifar(data_dir, train, test, device)
-        timings = [time_recipe(data, name, width, epochs, peak) for name in ("study", "fast")]
+        flops = train_flops_per_image(CifarResNet18(data.num_classes, data.image_shape[0], width), data.image_shape)
+        timings = [time_recipe(data, name, width, epochs, flops, peak) for name in ("study", "fast")]
         run = time_ptk_run(run_args, data_dir) if run_args else None
     study, fast = timings
     shown = "; ".join(f"{t.recipe}: {t.seconds_per_epoch:.2f} s/epoch, {t.images_per_second:.0f} img/s, "

@@ -104,7 +104,8 @@ def art_mode_flags(acts: np.ndarray, labels: np.ndarray, num_classes: int, reduc
     rng = np.random.RandomState(seed)
     flagged = np.zeros(len(labels), dtype=bool)
     members = [np.flatnonzero(labels == c) for c in range(num_classes)]
-    medians = [np.median(acts[m], axis=0) if len(m) else None for m in members]
+    # class medians of the raw activations: only the distance analysis uses them
+    medians = [np.median(acts[m], axis=0) if len(m) else None for m in members] if analysis == "distance" else []
     sizes: list[list[int] | None] = [None] * num_classes
     for c, idx in enumerate(members):
         if len(idx) < 2:
@@ -172,8 +173,7 @@ class ActivationClustering(Defense):
         mode, backend = options["mode"], options["backend"]
         labels = ctx.data.y_train.cpu().numpy()
         num_classes = ctx.data.num_classes
-        if backend == "art":
-            self.check(ctx.data, options)
+        if backend == "art":  # check() has refused what ART cannot do
             from ptk_plugins.activation_clustering_art import art_backend_flags
 
             flagged, report = art_backend_flags(ctx, options)

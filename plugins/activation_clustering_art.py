@@ -133,8 +133,8 @@ def check_art_options(options: dict[str, Any]) -> None:
 
 
 def art_backend_flags(ctx: DefenseContext, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Flags from ART's ActivationDefence on the poisoned model's penultimate layer."""
-    check_art_options(options)
+    """Flags from ART's ActivationDefence on the poisoned model's penultimate layer (options passed
+    :func:`check_art_options` before training)."""
     x = ctx.data.x_train.float().div(255).cpu().numpy()
     y = ctx.data.y_train.cpu().numpy()
     with quiet_art():

@@ -198,7 +198,7 @@ class Influence(Defense):
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
         n = len(ctx.data.y_train)
         k = options["k"] or ctx.attack_budget
-        check_removal_count("influence.k", k, n)
+        check_removal_count("influence.k", k, n)  # k from the attack budget, which check() could not see
         target = ctx.target
         model = ctx.poisoned_model
         probs = ctx.predict_proba(model, target.image)[0]

@@ -50,20 +50,16 @@ class Passthrough(ptk.Defense):
         return ptk.DefenseResult(predictor=ctx.poisoned_model, removed_indices=torch.tensor([], dtype=torch.long))
 
 
-class ExplodingAttack(ptk.Attack):
-    name = "exploding-attack"
-    description = "raises in poison(), to test what a failed attack leaves behind"
+class RaisingAttack(ptk.Attack):
+    """An attack whose poison() raises ``exc``: what does a failed attack leave behind?"""
+
+    description = "raises in poison()"
+
+    def __init__(self, name: str, exc: Exception) -> None:
+        self.name, self.exc = name, exc
 
     def poison(self, ctx, options):
-        raise RuntimeError("deliberate attack failure")
-
-
-class OutOfMemoryAttack(ptk.Attack):
-    name = "oom-attack"
-    description = "runs out of GPU memory in poison()"
-
-    def poison(self, ctx, options):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise self.exc
 
 
 class BrokenData(ptk.DatasetSource):
@@ -82,26 +78,20 @@ class BrokenModel(ptk.ModelSpec):
         raise ValueError("unsupported image shape")
 
 
-class Picky(ptk.Defense):
-    name = "picky"
-    description = "refuses every setting in check(), as a defense with an impossible option would"
+class RaisingCheck(ptk.Defense):
+    """A defense whose check(data, ...) raises ``error(data)``: a refusal (UsageError) or a bug; defend() must
+    never run."""
+
+    description = "raises in check()"
+
+    def __init__(self, name: str, error) -> None:
+        self.name, self.error = name, error
 
     def check(self, data, options):
-        raise ptk.UsageError(f"picky cannot defend {len(data.y_train)} samples; use fewer")
+        raise self.error(data)
 
     def defend(self, ctx, options):
-        raise AssertionError("defend must not run after check refused")
-
-
-class BuggyCheck(ptk.Defense):
-    name = "buggy-check"
-    description = "check() has a bug"
-
-    def check(self, data, options):
-        raise KeyError("threshold")
-
-    def defend(self, ctx, options):
-        raise AssertionError("defend must not run after check failed")
+        raise AssertionError("defend must not run after check() raised")
 
 
 class TestPlugins:
@@ -117,13 +107,14 @@ class TestPlugins:
     def register_defenses(self, register):
         register(Exploding())
         register(Passthrough())
-        register(Picky())
-        register(BuggyCheck())
+        register(RaisingCheck("picky", lambda data: ptk.UsageError(
+            f"picky cannot defend {len(data.y_train)} samples; use fewer")))  # check() sees the subset
+        register(RaisingCheck("buggy-check", lambda data: KeyError("threshold")))
 
     @ptk.hookimpl
     def register_attacks(self, register):
-        register(ExplodingAttack())
-        register(OutOfMemoryAttack())
+        register(RaisingAttack("exploding-attack", RuntimeError("deliberate attack failure")))
+        register(RaisingAttack("oom-attack", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")))
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy
 import torch
 
 from . import __version__
@@ -95,13 +96,9 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
 
 def load_data(p: Plan, data_root: Path):
     try:
-        data = p.dataset.plugin.load(data_root, p.options[p.dataset.name])
+        data = call_plugin(p.dataset, "load", data_root, p.options[p.dataset.name])
     except DataMissing as exc:
         raise UsageError(str(exc)) from None
-    except UsageError:
-        raise
-    except Exception as exc:  # a bug in the data set plugin: name it
-        raise plugin_failure(p.dataset, "load()", exc) from exc
     return data.subset(p.config.subset, p.config.test_subset, p.config.seed)
 
 
@@ -155,8 +152,6 @@ def train_info(model) -> dict[str, Any]:
 def versions(p: Plan) -> dict[str, str]:
     """Software and hardware a result depends on. CPU results are bit-reproducible on one kind of CPU, not across
     them (AVX2 and AVX-512 kernels sum in different orders), so the kernel ISA torch used is recorded too."""
-    import numpy
-
     out = {"ptk": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
            "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if p.device.type == "cuda":
@@ -172,15 +167,18 @@ def plugin_failure(entry: Entry, step: str, exc: Exception) -> PluginError:
                        f"{type(exc).__name__}: {exc}")
 
 
-def call_check(entry: Entry, *args: Any) -> None:
-    """``entry.plugin.check(*args)`` before any training: a UsageError is bad input (exit 2); any other
-    exception is a bug in the plugin, reported with its name."""
+def call_plugin(entry: Entry, method: str, *args: Any) -> Any:
+    """``entry.plugin.<method>(*args)``, e.g. ``call_plugin(p.attack, "poison", ctx, opts)``.
+
+    Bad input (UsageError, DataMissing) and out-of-memory (the CLI's --batch-size hint) pass
+    through; any other exception is a bug in the plugin, reported in one line with its name.
+    """
     try:
-        entry.plugin.check(*args)
-    except UsageError:
+        return getattr(entry.plugin, method)(*args)
+    except (UsageError, DataMissing, torch.OutOfMemoryError):
         raise
     except Exception as exc:
-        raise plugin_failure(entry, "check()", exc) from exc
+        raise plugin_failure(entry, f"{method}()", exc) from exc
 
 
 @dataclass
@@ -207,12 +205,7 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
     run.add_model("clean", {**evaluate(clean, data, target), **train_info(clean)})
 
     actx = AttackContext(session, data, p.options, clean, target)
-    try:
-        poisoning = p.attack.plugin.poison(actx, attack_opts)
-    except (UsageError, torch.OutOfMemoryError):  # bad input; the CLI's --batch-size hint
-        raise
-    except Exception as exc:
-        raise plugin_failure(p.attack, "poison()", exc) from exc
+    poisoning = call_plugin(p.attack, "poison", actx, attack_opts)
     poison_idx = poisoning.poison_indices.to(p.device).long()
     poisoned_data = type(data)(data.name, poisoning.x_train if poisoning.x_train is not None else data.x_train,
                                poisoning.y_train.to(p.device), data.x_test, data.y_test, data.classes)
@@ -265,20 +258,16 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     if source == target_class:
         raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
     check_target_index(config.target_index, data, source)
-    call_check(p.attack, data, source, target_class, p.options[p.attack.name])
+    call_plugin(p.attack, "check", data, source, target_class, p.options[p.attack.name])
     for entry in p.defenses:
-        call_check(entry, data, p.options[entry.name])
+        call_plugin(entry, "check", data, p.options[entry.name])
     data = data.to(p.device)
     torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
 
     session = Session(data, p.model, p.options[p.model.name], p.recipe,
                       ModelCache(cache_dir(cache_root) if use_cache else None), p.device, config.seed)
-    try:  # build the model once now, so a broken model plugin fails before any training
-        session.build(config.seed)
-    except UsageError:
-        raise
-    except Exception as exc:
-        raise plugin_failure(p.model, "build()", exc) from exc
+    # build the model once now, so a broken model plugin fails before any training
+    call_plugin(p.model, "build", data.num_classes, data.image_shape, p.options[p.model.name])
     results: dict[str, Any] = {
         "status": "running",
         "config": config.to_dict(),

@@ -106,20 +106,13 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.d
     if n >= 2 and sizes and sizes[-1] < 2:
         sizes.pop()
     kept = sum(sizes)
-    parts = [order]
-    if augment:
-        draws = [draw_crop_flip(b, gen) for b in sizes]
-        parts += [torch.cat([o for o, _ in draws], 1).flatten(), torch.cat([f for _, f in draws]).long()]
-    packed = torch.cat(parts).to(device)
-    idx_all = packed[:n]
-    offsets_all = packed[n : n + 2 * kept].view(2, kept) if augment else None
-    flips_all = packed[n + 2 * kept :].bool() if augment else None
-    out, start = [], 0
-    for b in sizes:
-        sl = slice(start, start + b)
-        out.append(Batch(idx_all[sl], offsets_all[:, sl] if augment else None, flips_all[sl] if augment else None))
-        start += b
-    return out
+    if not augment:
+        return [Batch(idx) for idx in order[:kept].to(device).split(sizes)]
+    draws = [draw_crop_flip(b, gen) for b in sizes]  # batch by batch: the per-batch stream, unchanged
+    offsets, flips = torch.cat([o for o, _ in draws], 1), torch.cat([f for _, f in draws])
+    packed = torch.cat([order[:kept], offsets.flatten(), flips.long()]).to(device)  # the epoch's one copy
+    idx, offsets, flips = packed[:kept], packed[kept : 3 * kept].view(2, kept), packed[3 * kept :].bool()
+    return [Batch(*b) for b in zip(idx.split(sizes), offsets.split(sizes, 1), flips.split(sizes))]
 
 
 def training_batch(x: torch.Tensor, batch: Batch) -> torch.Tensor:
