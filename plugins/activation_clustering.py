@@ -15,7 +15,10 @@ own ``ActivationDefence`` instead of ptk's implementation (see
 :mod:`ptk_plugins.activation_clustering_art`); the two draw their random numbers in the same
 order from the same seed and so flag the same samples.
 
-Flagged samples are removed and the model retrained with the run's recipe.
+Flagged samples are removed and the model retrained with the run's recipe. Each sample also
+gets a suspicion score (dominant-label: the share of its cluster that carries another label;
+art: flagged first, then the smaller its cluster's share of its class), which ptk turns into a
+threshold-free AUROC against the true poison.
 """
 
 from __future__ import annotations
@@ -103,6 +106,7 @@ def art_mode_flags(acts: np.ndarray, labels: np.ndarray, num_classes: int, reduc
     """
     rng = np.random.RandomState(seed)
     flagged = np.zeros(len(labels), dtype=bool)
+    scores = np.zeros(len(labels))
     members = [np.flatnonzero(labels == c) for c in range(num_classes)]
     # class medians of the raw activations: only the distance analysis uses them
     medians = [np.median(acts[m], axis=0) if len(m) else None for m in members] if analysis == "distance" else []
@@ -121,7 +125,10 @@ def art_mode_flags(acts: np.ndarray, labels: np.ndarray, num_classes: int, reduc
         for bad in suspects:
             flagged[idx[clusters == bad]] = True
         sizes[c] = np.bincount(clusters, minlength=2).tolist()
-    return flagged, {"cluster_sizes": sizes}
+        # suspicion: flagged first, then by how small a share of its class the sample's cluster is
+        size = np.bincount(clusters, minlength=2)[clusters] / len(idx)
+        scores[idx] = flagged[idx] + (1 - size)
+    return flagged, {"cluster_sizes": sizes, "scores": scores}
 
 
 def dominant_label_flags(acts: np.ndarray, labels: np.ndarray, num_classes: int,
@@ -137,8 +144,12 @@ def dominant_label_flags(acts: np.ndarray, labels: np.ndarray, num_classes: int,
         in_k = labels[clusters == k]
         dominant[k] = np.bincount(in_k, minlength=num_classes).argmax() if len(in_k) else -1
     flagged = labels != dominant[clusters]
+    # suspicion: the share of the sample's cluster that carries another label than the sample's
+    counts = np.zeros((num_classes, num_classes))
+    np.add.at(counts, (clusters, labels), 1)
+    share = counts[clusters, labels] / np.maximum(counts[clusters].sum(1), 1)
     return flagged, {"cluster_sizes": np.bincount(clusters, minlength=num_classes).tolist(),
-                     "cluster_dominant_labels": dominant.tolist()}
+                     "cluster_dominant_labels": dominant.tolist(), "scores": 1 - share}
 
 
 class ActivationClustering(Defense):
@@ -184,6 +195,7 @@ class ActivationClustering(Defense):
                                                  options["analysis"], options["size_threshold"], ctx.seed)
             else:
                 flagged, report = dominant_label_flags(acts, labels, num_classes, ctx.seed)
+        scores = torch.from_numpy(np.asarray(report.pop("scores", flagged), dtype=np.float64))
         removed = torch.from_numpy(np.flatnonzero(flagged))
         if len(labels) - len(removed) < 2:
             raise RuntimeError(f"activation clustering flagged {len(removed)} of {len(labels)} samples; "
@@ -204,7 +216,7 @@ class ActivationClustering(Defense):
                 details["analysed_by"] = report["analysed_by"]
         else:
             details.update(report)
-        return DefenseResult(predictor=model, removed_indices=removed, details=details)
+        return DefenseResult(predictor=model, removed_indices=removed, scores=scores, details=details)
 
 
 @hookimpl

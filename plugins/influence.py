@@ -10,8 +10,10 @@ running statistics and the score is a property of the trained weights only)::
 "misclassified label"); ``y_i`` is the sample's own, possibly poisoned, label.
 A positive score means one gradient step on sample ``i`` lowers the target's
 loss under ``y_adv``: the sample pulls the target toward the wrong class. The
-``k`` most positive samples are removed and the model is retrained with the
-run's recipe. This is the first-order influence approximation with the inverse
+``k`` most positive samples are removed (``k`` = 0: the ``fraction`` of the
+training set, 1% by default; never the true poison count, which a defender does
+not know) and the model is retrained with the run's recipe. The scores go back
+to ptk, which reports their AUROC against the true poison. This is the first-order influence approximation with the inverse
 Hessian replaced by the identity (TracIn at a single checkpoint).
 
 ``score=logit`` replaces the sample's loss ``L(x_i, y_i)`` by minus its
@@ -39,7 +41,7 @@ from torch import nn
 from torch.func import functional_call, jvp
 
 from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl
-from ptk.options import check_removal_count, non_negative, positive
+from ptk.options import check_removal_count, fraction, non_negative, positive, removal_count
 
 Params = dict[str, torch.Tensor]
 #: What is differentiated per training sample: its loss (the study) or minus its own-label logit.
@@ -186,7 +188,8 @@ class Influence(Defense):
     description = "remove the k samples whose loss gradient best aligns with the target's misclassified-label gradient"
     threat = ThreatModel(knows_target=True, trusted_data=False, uses_poisoned_model=True)
     options = [
-        Option("k", int, 0, "samples to remove (0 = the attack budget)", check=non_negative),
+        Option("k", int, 0, "samples to remove (0 = `fraction` of the training set)", check=non_negative),
+        Option("fraction", float, 0.01, "with k=0: fraction of the training set to remove", check=fraction),
         Option("batch", int, 64, "samples per forward-mode (jvp) batch; lower it if memory runs out", check=positive),
         Option("score", str, "loss", "gradient of each sample's loss (the study) or of minus its own-label logit",
                choices=SCORES),
@@ -197,8 +200,7 @@ class Influence(Defense):
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
         n = len(ctx.data.y_train)
-        k = options["k"] or ctx.attack_budget
-        check_removal_count("influence.k", k, n)  # k from the attack budget, which check() could not see
+        k = removal_count(options["k"], options["fraction"], n)  # never the true poison count: an oracle
         target = ctx.target
         model = ctx.poisoned_model
         probs = ctx.predict_proba(model, target.image)[0]
@@ -222,7 +224,7 @@ class Influence(Defense):
             "max_score": round(scores.max().item(), 6),
             "removed_by_label": {c: int(v) for c, v in zip(classes, removed_labels.tolist()) if v},
         }
-        return DefenseResult(predictor=retrained, removed_indices=removed, details=details)
+        return DefenseResult(predictor=retrained, removed_indices=removed, scores=scores, details=details)
 
 
 @hookimpl

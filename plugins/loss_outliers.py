@@ -12,8 +12,12 @@ run's recipe. Two rules:
   differ in difficulty: a hard class's typical loss is not an outlier.
   Median and MAD, because the poison itself inflates a mean and a standard
   deviation. Needs no knowledge of the attack.
-* ``topk``: remove the ``k`` highest-loss samples overall (default ``k`` = the
-  attack budget, which the defender is then assumed to know).
+* ``topk``: remove the ``k`` highest-loss samples overall (``k`` = 0: the
+  ``fraction`` of the training set, 1% by default). The true poison count is
+  never used: a defender does not know it.
+
+Every sample's score (its z-score, or its loss under ``topk``) is returned, so
+ptk reports the AUROC of the ranking whatever the cut.
 
 Where a class's MAD is 0 (at least half its losses identical, e.g. a fully
 saturated model), the mean absolute deviation from the median, scaled by
@@ -28,7 +32,7 @@ from typing import Any
 import torch
 
 from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl
-from ptk.options import check_removal_count, non_negative, positive
+from ptk.options import check_removal_count, fraction, non_negative, positive, removal_count
 
 #: 0.6745 = Phi^-1(0.75): makes MAD a consistent estimate of a normal sigma.
 MAD_SCALE = 0.6745
@@ -77,7 +81,8 @@ class LossOutliers(Defense):
         Option("rule", str, "zscore", "zscore: per-class median/MAD z-score > threshold; topk: the k highest losses",
                choices=("zscore", "topk")),
         Option("threshold", float, 3.5, "rule=zscore: remove samples with robust z-score above this", check=positive),
-        Option("k", int, 0, "rule=topk: samples to remove (0 = the attack budget)", check=non_negative),
+        Option("k", int, 0, "rule=topk: samples to remove (0 = `fraction` of the training set)", check=non_negative),
+        Option("fraction", float, 0.01, "rule=topk with k=0: fraction of the training set to remove", check=fraction),
     ]
 
     def check(self, data: Dataset, options: dict[str, Any]) -> None:
@@ -90,18 +95,18 @@ class LossOutliers(Defense):
         rule = options["rule"]
         y = ctx.data.y_train
         n = len(y)
-        k = options["k"] or ctx.attack_budget
-        if rule == "topk":  # k from the attack budget, which check() could not see
-            check_removal_count("loss-outliers.k", k, n)
+        k = removal_count(options["k"], options["fraction"], n)
         losses = ctx.per_sample_loss(ctx.poisoned_model, ctx.data.x_train, y)
         details: dict[str, Any] = {"rule": rule}
         if rule == "topk":
             removed = topk_outliers(losses, k)
+            scores = losses
             details.update(k=k, why=f"the {k} highest training losses under the poisoned model",
                            loss_cutoff=round(losses[removed].min().item(), 6) if k else None)
         else:
             threshold = options["threshold"]
-            removed = zscore_outliers(losses, y, threshold)  # at most half of each class: z > 0 is above the median
+            scores = robust_zscores(losses, y)
+            removed = (scores > threshold).nonzero().squeeze(1)  # at most half of each class: z > 0 is above the median
             details.update(threshold=threshold,
                            why=f"robust z-score (median/MAD of its labelled class) above {threshold}")
         classes = ctx.data.classes
@@ -110,7 +115,7 @@ class LossOutliers(Defense):
         details["median_loss"] = round(losses.median().item(), 6)
         details["median_removed_loss"] = round(losses[removed].median().item(), 6) if len(removed) else None
         retrained = ctx.train_without(removed, desc="loss-outliers retrain")
-        return DefenseResult(predictor=retrained, removed_indices=removed, details=details)
+        return DefenseResult(predictor=retrained, removed_indices=removed, scores=scores, details=details)
 
 
 @hookimpl

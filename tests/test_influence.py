@@ -82,16 +82,20 @@ def test_influence_prunes_poison_through_the_cli(ptk, tmp_path):
     row = model_row(r, "influence")
     poison = set(r["attack"]["poison_indices"])
     base_rate = len(poison) / r["data"]["train_size"]
-    assert row["removed_count"] == len(poison)  # k defaults to the attack budget
+    # k defaults to 1% of the training set, never to the true poison count (an oracle)
+    assert row["removed_count"] == round(0.01 * r["data"]["train_size"]) != len(poison)
     assert set(row["removed_indices"]) <= set(range(r["data"]["train_size"]))
-    # measured: 4 of the 30 removed are poison (precision 0.133, 3.6x the 0.0375 base rate); removing 30
-    # at random finds 1.1 on average. The poisoned model fits its flipped samples (small gradients), so
-    # the top of the ranking also holds high-loss clean samples; see docs/defenses/influence.md.
+    # measured: 3 of the 8 removed are poison (precision 0.375, 10x the 0.0375 base rate). The poisoned
+    # model fits its flipped samples (small gradients), so the top of the ranking also holds high-loss
+    # clean samples; see docs/defenses/influence.md. The whole ranking is far better than chance
+    # (measured AUROC 0.984 against 0.5).
     assert row["removal_precision"] > 2 * base_rate
+    assert row["suspicion_auroc"] > 0.9
     assert row["removal_recall"] == pytest.approx(len(poison & set(row["removed_indices"])) / len(poison), abs=1e-6)
     # the gradient is taken under the label the poisoned model gives the target (the attack's class here)
     assert row["details"]["target_label"] == r["target"]["target_class"] == model_row(r, "poisoned")["target_pred"]
     assert row["threat_model"].startswith("knows the target")
+    assert row["threat_model"].endswith("poison budget unknown")
 
 
 @pytest.mark.parametrize("option, message", [

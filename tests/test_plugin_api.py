@@ -222,6 +222,7 @@ class FlipFirst(ptk.Attack):
 class DropHighLoss(ptk.Defense):
     name = "api-drop"
     description = "removes the `budget` highest-loss samples and retrains"
+    threat = ptk.ThreatModel(knows_budget=True)
 
     def defend(self, ctx: ptk.DefenseContext, options: dict[str, Any]) -> ptk.DefenseResult:
         CALLS.append("defense.defend")

@@ -42,19 +42,24 @@ class Plugin:
 class ThreatModel:
     """What a defense assumes it knows. Shown by ``ptk plugins`` and in every report.
 
-    A defense that does not declare ``knows_target`` cannot read the target image:
-    its context raises if it tries, so results honestly reflect the threat model.
+    A defense that does not declare ``knows_target`` cannot read the target image,
+    and one that does not declare ``knows_budget`` cannot read the number of
+    poisoned samples: its context raises if it tries, so results honestly reflect
+    the threat model (a removal count equal to the true poison count is an oracle
+    no defender has in practice).
     """
 
     knows_target: bool = False
     trusted_data: bool = False
     uses_poisoned_model: bool = True
+    knows_budget: bool = False
 
     def describe(self) -> str:
         parts = [
             "knows the target" if self.knows_target else "target unknown",
             "needs trusted clean data" if self.trusted_data else "no trusted data",
             "uses the poisoned model" if self.uses_poisoned_model else "does not use the poisoned model",
+            "knows the poison budget" if self.knows_budget else "poison budget unknown",
         ]
         return ", ".join(parts)
 
@@ -83,13 +88,17 @@ class DefenseResult:
     ``predictor`` is a trained ``nn.Module`` (from ``ctx.train``) or any
     :class:`Predictor` such as an ensemble. ``removed_indices`` (training indices
     the defense dropped) lets ptk score removal precision and recall against the
-    true poison; ``sample_weights`` is for reweighting defenses; ``details`` holds
-    any JSON-serialisable extras for results.json.
+    true poison; ``sample_weights`` is for reweighting defenses; ``scores`` is a
+    per-training-sample suspicion score (higher = more likely poison), from which
+    ptk reports a threshold-free AUROC against the true poison, so defenses can be
+    compared without choosing how many to remove; ``details`` holds any
+    JSON-serialisable extras for results.json.
     """
 
     predictor: nn.Module | Predictor
     removed_indices: torch.Tensor | None = None
     sample_weights: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
 

@@ -158,8 +158,9 @@ class AttackContext(BaseContext):
 class DefenseContext(BaseContext):
     """Given to :meth:`ptk.Defense.defend`: the poisoned training set and the poisoned model.
 
-    ``target`` and ``trusted_data`` are available only when the defense's threat
-    model declares them; otherwise reading them raises ThreatModelViolation.
+    ``target``, ``trusted_data`` and ``attack_budget`` are available only when the
+    defense's threat model declares them; otherwise reading them raises
+    ThreatModelViolation.
     """
 
     def __init__(self, session: Session, data: Dataset, options_of: dict, poisoned_model: Network,
@@ -168,7 +169,7 @@ class DefenseContext(BaseContext):
         super().__init__(session, data, options_of)
         self.poisoned_model = poisoned_model
         self.threat = threat
-        self.attack_budget = attack_budget
+        self._budget = attack_budget
         self._target = target
         self._clean_labels = clean_labels
         self._poison = poison_indices
@@ -181,6 +182,16 @@ class DefenseContext(BaseContext):
                 f"defense {self._name!r} read the target image but its threat model says knows_target=False"
             )
         return self._target
+
+    @property
+    def attack_budget(self) -> int:
+        """The true number of poisoned training samples (only for ``ThreatModel(knows_budget=True)``)."""
+        if not self.threat.knows_budget:
+            raise ThreatModelViolation(
+                f"defense {self._name!r} read the attack budget but its threat model says knows_budget=False; "
+                "declare ThreatModel(knows_budget=True) (reported with every result) or take the count as an option"
+            )
+        return self._budget
 
     def train_without(self, removed: torch.Tensor, desc: str = "retrain") -> Network:
         """Retrain with the run's recipe on every training sample except ``removed`` (the usual

@@ -39,6 +39,20 @@ def evaluate(predictor: nn.Module | Predictor, data: Dataset, target: Target) ->
     }
 
 
+def suspicion_auroc(scores: torch.Tensor, poison: torch.Tensor) -> float | None:
+    """AUROC of per-sample suspicion ``scores`` against the true poison mask: the chance a random poisoned
+    sample scores above a random clean one (ties count half). Threshold-free, so it compares defenses
+    without choosing how many to remove; 0.5 is chance. None when either group is empty.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    mask = torch.zeros(len(scores), dtype=torch.bool)
+    mask[poison.cpu().long()] = True
+    if mask.all() or not mask.any():
+        return None
+    return round(float(roc_auc_score(mask.numpy(), scores.detach().double().cpu().numpy())), 6)
+
+
 def removal_scores(removed: torch.Tensor, poison: torch.Tensor) -> dict[str, Any]:
     """How many removed, and precision / recall of the removal against the true poison indices."""
     removed_set = set(removed.cpu().tolist())

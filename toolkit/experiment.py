@@ -24,7 +24,7 @@ from .cache import ModelCache, tensor_digest
 from .config import ExperimentConfig
 from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance
 from .context import AttackContext, DefenseContext, Session, Target
-from .evaluate import evaluate, removal_scores
+from .evaluate import evaluate, removal_scores, suspicion_auroc
 from .options import UsageError, resolve_options
 from .paths import cache_dir, data_dir
 from .registry import Entry, PluginError, Registry
@@ -227,6 +227,13 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
                 "threat_model": entry.plugin.threat.describe()}
             if out.removed_indices is not None:
                 row.update(removal_scores(out.removed_indices, poison_idx))
+            scores = out.scores
+            if scores is None and out.sample_weights is not None:
+                scores = -out.sample_weights  # a reweighting defense suspects what it down-weights
+            if scores is not None:
+                if len(scores) != len(poisoned_data.y_train):
+                    raise ValueError(f"scores has {len(scores)} entries for {len(poisoned_data.y_train)} training samples")
+                row["suspicion_auroc"] = suspicion_auroc(scores, poison_idx)
             if out.sample_weights is not None:
                 w = out.sample_weights.float().cpu()
                 mask = torch.zeros(len(w), dtype=torch.bool)

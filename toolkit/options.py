@@ -95,7 +95,21 @@ def parse_assignments(pairs: Sequence[str]) -> dict[str, dict[str, str]]:
     return out
 
 
+def fraction(value: Any) -> str | None:
+    """Option check: value must lie in (0, 1)."""
+    return None if 0 < value < 1 else f"must be in (0, 1), got {value}"
+
+
 def check_removal_count(option: str, k: int, n: int) -> None:
-    """A removal defense's ``k`` must leave something to retrain on (``k`` 0 means "the attack budget": no check)."""
+    """A removal defense's ``k`` must leave something to retrain on (``k`` 0 means "use the fraction": no check)."""
     if k and k >= n:
         raise UsageError(f"option {option}={k} would remove all {n} training samples; pick k < {n}")
+
+
+def removal_count(k: int, frac: float, n: int) -> int:
+    """How many of ``n`` training samples a removal defense drops: ``k`` if set, else ``frac`` of ``n`` (at least 1).
+
+    A fixed fraction needs no knowledge of the attack; the true poison count would
+    be an oracle (see :class:`ptk.ThreatModel`'s ``knows_budget``).
+    """
+    return k if k else max(1, min(n - 1, round(frac * n)))

@@ -8,9 +8,12 @@ scores and retrains on the rest with the run's recipe.
 
 How many: Tran et al. remove ``1.5 * eps`` images from *every* class, ``eps``
 bounding the poison count, because the defender does not know which class the
-poison went to. ptk gives the attack's poison count as ``ctx.attack_budget``, so
-this removes ``ceil(factor * budget)`` per class (``factor`` = 1.5), never more
-than half of a class.
+poison went to. Like Tran et al., this defense assumes it knows that bound: it
+declares ``ThreatModel(knows_budget=True)`` (every report says so), reads the
+attack's poison count as ``ctx.attack_budget`` and removes
+``ceil(factor * budget)`` per class (``factor`` = 1.5), never more than half of a
+class. Its scores (each sample's projection size, over its class's median) go back
+to ptk for a threshold-free AUROC.
 """
 
 from __future__ import annotations
@@ -40,8 +43,8 @@ def spectral_scores(feats: torch.Tensor) -> torch.Tensor:
 class SpectralSignatures(Defense):
     name = "spectral-signatures"
     description = "per class, remove the samples with the largest projection on the top singular vector; retrain"
-    # Needs the poisoned model's activations; neither the target image nor trusted data.
-    threat = ThreatModel(knows_target=False, trusted_data=False, uses_poisoned_model=True)
+    # Needs the poisoned model's activations and a bound on the poison count; neither the target nor trusted data.
+    threat = ThreatModel(knows_target=False, trusted_data=False, uses_poisoned_model=True, knows_budget=True)
     options = [Option("factor", float, 1.5, "remove factor x (attack budget) samples from every class (at most half "
                       "of a class)", check=positive)]
 
@@ -50,17 +53,19 @@ class SpectralSignatures(Defense):
         per_class = math.ceil(options["factor"] * ctx.attack_budget)
         feats = ctx.features(ctx.poisoned_model, ctx.data.x_train).double()
         removed = [labels.new_zeros(0)]
+        suspicion = torch.zeros(len(labels), dtype=torch.float64, device=feats.device)
         for c in ctx.progress(range(len(ctx.data.classes)), desc="spectral signatures"):
             members = (labels == c).nonzero().squeeze(1)
             scores = spectral_scores(feats[members])
+            suspicion[members] = scores / scores.median().clamp_min(1e-12) if len(scores) else scores
             take = min(per_class, len(members) // 2)
             removed.append(members[scores.argsort(descending=True, stable=True)[:take]])
         drop = torch.cat(removed).sort().values
         details = {"removed_per_class": torch.bincount(labels[drop].cpu(), minlength=len(ctx.data.classes)).tolist()}
         if len(drop) == 0:  # a zero budget: nothing to remove, the poisoned model stands
-            return DefenseResult(predictor=ctx.poisoned_model, removed_indices=drop, details=details)
+            return DefenseResult(predictor=ctx.poisoned_model, removed_indices=drop, scores=suspicion, details=details)
         model = ctx.train_without(drop, desc="spectral-signatures retrain")
-        return DefenseResult(predictor=model, removed_indices=drop, details=details)
+        return DefenseResult(predictor=model, removed_indices=drop, scores=suspicion, details=details)
 
 
 @hookimpl
