@@ -150,7 +150,10 @@ def study_row(archive: Path | None, device: torch.device, train: int | None, tes
             import_cifar(archive, data_dir)
         data = load_cifar(data_dir, train, test, device)
         flops = train_flops_per_image(CifarResNet18(data.num_classes, data.image_shape[0], width), data.image_shape)
-        timings = [time_recipe(data, name, width, epochs, flops, peak) for name in ("study", "fast")]
+        timings = []
+        for name in ("study", "fast"):  # each printed as it finishes: a run cut off still shows it
+            timings.append(time_recipe(data, name, width, epochs, flops, peak))
+            print(f"  recipe {name}: {json.dumps(asdict(timings[-1]))}", file=sys.stderr, flush=True)
         run = time_ptk_run(run_args, data_dir) if run_args else None
     study, fast = timings
     shown = "; ".join(f"{t.recipe}: {t.seconds_per_epoch:.2f} s/epoch, {t.images_per_second:.0f} img/s, "

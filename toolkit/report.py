@@ -9,7 +9,7 @@ from typing import Any
 from .atomic import write_bytes, write_json, write_text
 
 COLUMNS = ("model", "test acc", "P(source)", "P(target)", "pred", "success", "removed", "precision", "recall",
-           "train s")
+           "AUROC", "train s")
 
 
 def fmt(value: Any, pct: bool = False) -> str:
@@ -36,7 +36,8 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
         rows.append([
             m["name"], fmt(m["test_accuracy"], True), fmt(probs.get(src), True), fmt(probs.get(tgt), True),
             m["target_pred"], fmt(m["attack_success"]), fmt(m.get("removed_count")),
-            fmt(m.get("removal_precision"), True), fmt(m.get("removal_recall"), True), fmt(m.get("train_seconds")),
+            fmt(m.get("removal_precision"), True), fmt(m.get("removal_recall"), True),
+            fmt(None if m.get("suspicion_auroc") is None else f"{m['suspicion_auroc']:.3f}"), fmt(m.get("train_seconds")),
         ])
     return rows
 
@@ -68,7 +69,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(results)]
     lines += ["", "P(source) / P(target): probability the model gives the target image for its true (source) "
               "class and for the attacker's target class. success: the target image is predicted as the target "
-              "class. precision / recall: of the samples a defense removed, against the attack's true poison.", ""]
+              "class. precision / recall: of the samples a defense removed, against the attack's true poison. "
+              "AUROC: of the defense's per-sample suspicion scores against the true poison, whatever its cut "
+              "(0.5 = chance, 1 = every poisoned sample above every clean one).", ""]
     for m in results["models"]:
         extra = {k: v for k, v in m.items() if k in ("threat_model", "details", "target_votes",
                  "target_certified_tolerance", "budget_exceeds_certificate", "mean_weight_poison",
