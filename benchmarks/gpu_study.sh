@@ -13,7 +13,8 @@
 #   c. benchmark rows 1 and 3 (trainer vs bare loop, influence vs per-sample loop) -> $OUT/bench13.json
 #   d. benchmark row 8 (both recipes at full size, s/epoch, MFU, then a whole
 #      `ptk run --defense all --recipe fast` from an empty cache)                   -> $OUT/bench8.json
-# A second call on the same warm machine resumes: the data and model cache live in runs/gpu/
+# Measured on an H200 (2026-11-27): part a took 283 s; part b (bilevel, ~3x a training) did not finish
+# in the 250 s left of a 560 s call. A second call on the same warm machine resumes: the data and model cache live in runs/gpu/
 # (git-ignored, kept between calls), so finished trainings are cache hits.
 #
 # Rehearsal on a CPU with tiny sizes (what the tests cannot reach is then only the GPU itself):
