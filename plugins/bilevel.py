@@ -169,7 +169,8 @@ def run_bilevel(ctx: DefenseContext, meta: MetaSet, options: dict[str, Any], met
     if options["epochs"]:
         recipe = Recipe(name=recipe.name, epochs=options["epochs"], batch_size=recipe.batch_size, lr=recipe.lr,
                         augment=recipe.augment)
-    out = train_reweighted(ctx, meta, recipe, ctx.seed, desc=meta_name)
+    with ctx.own_training(meta_name):  # counted as training time in the report
+        out = train_reweighted(ctx, meta, recipe, ctx.seed, desc=meta_name)
     details = {
         "meta_set": meta_name,
         "meta_size": len(meta.y),

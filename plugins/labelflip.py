@@ -8,6 +8,7 @@ every training image not already of the target class.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -19,6 +20,10 @@ from ptk.options import non_negative
 def pool_indices(labels: torch.Tensor, source: int, target: int, pool: str) -> torch.Tensor:
     mask = labels == source if pool == "source" else labels != target
     return mask.nonzero().squeeze(1)
+
+
+#: Above this share of its pool, a budget draws a warning: the attack is then a different experiment.
+WARN_SHARE = 0.10
 
 
 class LabelFlip(Attack):
@@ -38,6 +43,12 @@ class LabelFlip(Attack):
                 f"{len(pool)} training images ({options['pool']} pool, source class {data.classes[source]!r}); "
                 f"lower -o labelflip.budget or raise --subset"
             )
+        share = options["budget"] / max(1, len(pool))
+        if share > WARN_SHARE:  # legal, but no longer the study's attack (250 of 5,000 deer: 5%)
+            logging.getLogger("ptk").warning(
+                "ptk: labelflip.budget=%d flips %.0f%% of its %d-image pool (the study flips 5%%); "
+                "with --subset, scale the budget too (e.g. -o labelflip.budget=%d)",
+                options["budget"], 100 * share, len(pool), max(1, round(0.05 * len(pool))))
 
     def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
         t = ctx.target

@@ -81,6 +81,7 @@ def test_bilevel_defenses_through_the_cli(ptk, tmp_path):
     # weights; 1 = uniform) and the target leaves the target class. The docs give the cost in accuracy;
     # with trusted data the weights do not single out the poison reliably (docs), so nothing is asserted.
     assert bilevel["mean_weight_poison"] < 0.8 * bilevel["mean_weight_clean"]
+    assert bilevel["train_seconds"] > 0  # its own loop counts as training (ctx.own_training)
     assert bilevel["suspicion_auroc"] > 0.5  # the weights, read as suspicion (-weight), rank poison above clean
     assert bilevel["target_probs"][tgt] < poisoned["target_probs"][tgt] - 0.5
     assert model_row(r, "bilevel-trusted")["test_accuracy"] > 0.3  # a working classifier (chance: 0.1)

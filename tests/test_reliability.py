@@ -318,9 +318,13 @@ def test_out_of_memory_names_the_batch_size_option(ptk, tmp_path, monkeypatch):
     (["--target-index", "100000"], "out of range"),
     (["--target-index", "1"], "not of the source class"),  # test image 1 of digits is a "4", the source is "1"
     (["-o", "resnet18.width=0"], "must be positive"),
-    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--epochs", "0"], "epochs must be at least 1"),
     (["--subset", "5"], "smaller than the 10 classes"),
-    (["--lr", "-1"], "--lr must be positive"),
+    (["--lr", "-1"], "lr must be positive"),
+    (["--lr", "0"], "lr must be positive"),  # not silently replaced by the recipe's default
+    (["--batch-size", "0"], "batch_size must be at least 1"),
+    (["--seed", "-1"], "seed must be in 0 .. 2**32-1"),
+    (["--seed", "1180591620717411303424"], "seed must be in 0 .. 2**32-1"),
     (["-o", "labelflip.budget=-1"], "must be >= 0"),
     (["-o", "ensembl.k=3"], "Did you mean 'ensemble'"),
     (["--device", "cuda:0" if not torch.cuda.is_available() else "nonsense"], "device"),

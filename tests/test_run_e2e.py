@@ -28,6 +28,9 @@ def test_labelflip_then_ensemble_end_to_end(ptk, tmp_path):
     # partition ensemble: disjoint members, a certificate for the target
     assert sum(ens["details"]["member_sizes"]) == r["data"]["train_size"]
     assert sum(ens["target_votes"].values()) == 3
+    # the vote is the ensemble's prediction (what its certificate is about); the softmax's choice beside it
+    assert ens["target_pred"] == ens["target_vote_pred"] == max(ens["target_votes"], key=ens["target_votes"].get)
+    assert ens["attack_success"] == (ens["target_pred"] == tgt) and ens["softmax_target_pred"] in ens["target_probs"]
     assert isinstance(ens["budget_exceeds_certificate"], bool)
     # report files exist and parse; the console shows the table
     assert (out / "report.md").read_text().count("| ensemble |") == 1

@@ -61,7 +61,8 @@ class ModelCache:
             state = torch.load(weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         except Exception as exc:  # corrupt, truncated, tampered or foreign file
-            log.warning("ptk: cache entry %s is corrupt (%s); removed, retraining", weights.name, exc)
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]  # torch's refusals run to pages
+            log.warning("ptk: cache entry %s is corrupt (%s); removed, retraining", weights.name, why)
             weights.unlink(missing_ok=True)
             meta.unlink(missing_ok=True)
             return False

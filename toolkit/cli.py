@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from .options import UsageError, parse_assignments
 from .registry import PluginError, load_registry
 
 RUN_FLAGS = ("dataset", "model", "attack", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
-             "test_subset", "source", "target", "target_index", "device")
+             "test_subset", "source", "target", "target_index", "target_choice", "target_rank", "device")
 
 
 def fail(message: str, code: int) -> None:
@@ -55,6 +56,7 @@ def build_config(preset: str | None, config_file: Path | None, flags: dict[str, 
     file_values = load_toml(config_file) if config_file else {}
     preset = preset or file_values.pop("preset", None) or "study"
     file_values.pop("preset", None)
+    file_values = ExperimentConfig.check_types(file_values, str(config_file))  # before merging: names the file
     if preset not in PRESETS:
         raise UsageError(f"unknown preset {preset!r}; presets are: {', '.join(PRESETS)}")
     values = merge(PRESETS[preset], file_values)
@@ -65,12 +67,43 @@ def build_config(preset: str | None, config_file: Path | None, flags: dict[str, 
     return ExperimentConfig.from_dict(merge(values, given), where=str(config_file or "config"))
 
 
-def interrupted_run(out: Path) -> bool:
-    """True if ``out`` holds a run that was killed part-way (rerunning into it resumes from the cache)."""
+def recorded_run(out: Path) -> dict[str, Any] | None:
+    """The results.json a run folder holds, or None if it holds none (or an unreadable one)."""
     try:
-        return json.loads((out / "results.json").read_text()).get("status") == "running"
+        found = json.loads((out / "results.json").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def check_out(out: Path, overwrite: bool, config: ExperimentConfig) -> None:
+    """Refuse an --out that would lose work or fail late, before any training.
+
+    An interrupted run is resumed only by the same config: another config would
+    take it over and replace its results. Writability is tried now, not after
+    the first model has trained for an hour.
+    """
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; pick a folder path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        found = recorded_run(out)
+        if found is None:
+            raise UsageError(f"--out {out} is a non-empty folder that holds no ptk run; pick another folder "
+                             "or pass --overwrite")
+        if found.get("status") != "running":
+            raise UsageError(f"--out {out} already holds a run; pick another folder or pass --overwrite "
+                             "(models it finished are cached and are not retrained)")
+        if found.get("config") != json.loads(json.dumps(config.to_dict())):
+            raise UsageError(f"--out {out} holds an interrupted run with other settings; rerun the command "
+                             f"that started it to resume it (its settings are in {out}/results.json), pick another "
+                             "folder, or pass --overwrite")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"--out {out} lies under {existing}, which is a file; pick a folder path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out} is not writable ({existing} is not); pick a folder you can write to")
 
 
 def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_dir: Path | None,
@@ -82,9 +115,7 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
     from .report import text_table, write_report, write_results
 
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-    if out.exists() and any(out.iterdir()) and not overwrite and not interrupted_run(out):
-        raise UsageError(f"--out {out} already holds a run; pick another folder or pass --overwrite "
-                         "(models it finished are cached and are not retrained)")
+    check_out(out, overwrite, config)
     registry = load_registry()
     errors_log = out / "errors.log"
 
@@ -110,7 +141,7 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
 
 @cli.command()
 @click.option("--attack", help="attack plugin (default labelflip)")
-@click.option("--defense", "defenses", multiple=True, help="defense plugin; repeat, or 'all' / 'none'")
+@click.option("--defense", "defenses", multiple=True, help="defense plugin; repeat or comma-separate, or 'all' / 'none'")
 @click.option("--dataset", help="dataset plugin (default cifar10)")
 @click.option("--model", help="model plugin (default resnet18)")
 @click.option("-o", "--option", "assignments", multiple=True, metavar="PLUGIN.KEY=VALUE", help="plugin option")
@@ -126,6 +157,9 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
 @click.option("--source", help="source class of the target image (name or index)")
 @click.option("--target", help="class the attacker wants the target predicted as")
 @click.option("--target-index", type=int, help="test index of the target image (default: chosen by the clean model)")
+@click.option("--target-choice", type=click.Choice(["hardest", "random"]),
+              help="order of candidate targets: highest P(target class) first (default) or seeded random")
+@click.option("--target-rank", type=int, help="take the K-th candidate target of that order (default 0)")
 @click.option("--device", help="auto (CUDA if present), cpu, cuda, cuda:N")
 @click.option("--out", type=click.Path(path_type=Path), help="run folder (default runs/<timestamp>)")
 @click.option("--overwrite", is_flag=True, help="allow --out to be an existing run folder")
@@ -200,5 +234,7 @@ def main() -> None:
 
 
 from .cli_data import data as _data  # noqa: E402
+from .cli_sweep import sweep as _sweep  # noqa: E402
 
 cli.add_command(_data)
+cli.add_command(_sweep)

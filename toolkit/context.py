@@ -8,6 +8,7 @@ Contexts expose a Session to attacks and defenses, limited by the threat model.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, TypeVar
 
@@ -127,6 +128,14 @@ class BaseContext:
     def build_model(self, seed: int | None = None) -> Network:
         """An untrained model of the run's architecture (for defenses with their own loop)."""
         return self._session.build(self.seed if seed is None else seed)
+
+    @contextmanager
+    def own_training(self, desc: str) -> Iterator[None]:
+        """Wrap a training loop of your own (not :meth:`train`) in this, so its time is counted
+        as training in the report's "train s", like every :meth:`train` call's."""
+        with trainlib.Timer() as timer:
+            yield
+        self._session.trained.append({"desc": desc, "key": None, "cached": False, "seconds": timer.seconds})
 
     @staticmethod
     def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -8,6 +8,7 @@ device (see :mod:`ptk.augment`).
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -78,6 +79,10 @@ class Dataset:
         from .options import UsageError
 
         x_train, y_train, x_test, y_test = self.x_train, self.y_train, self.x_test, self.y_test
+        for flag, asked, have in (("--subset", train, len(y_train)), ("--test-subset", test, len(y_test))):
+            if asked is not None and asked > have:
+                logging.getLogger("ptk").warning("ptk: %s %d is more than the %d images %s has; using all %d",
+                                                 flag, asked, have, self.name, have)
         if train is not None and train < len(y_train):
             if train < self.num_classes:
                 raise UsageError(f"--subset {train} is smaller than the {self.num_classes} classes of {self.name}")

@@ -83,23 +83,39 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
     defaults = RECIPES.get(config.recipe)
     if defaults is None:
         raise UsageError(f"unknown recipe {config.recipe!r}; recipes are: {', '.join(RECIPES)}")
+    config.check_ranges()
     recipe = Recipe(
         name=config.recipe,
         epochs=config.epochs,
-        batch_size=config.batch_size or defaults["batch_size"],
-        lr=config.lr or defaults["lr"],
+        batch_size=defaults["batch_size"] if config.batch_size is None else config.batch_size,
+        lr=defaults["lr"] if config.lr is None else config.lr,
     )
-    if config.subset is not None and config.subset < 1:
-        raise UsageError(f"--subset must be positive, got {config.subset}")
     return Plan(config, dataset, model, attack, defenses, options, recipe, pick_device(config.device))
 
 
-def load_data(p: Plan, data_root: Path):
+def load_data(p: Plan, data_root: Path | None):
+    """The plan's data set, subset as configured (``data_root`` None: the default data directory)."""
     try:
-        data = call_plugin(p.dataset, "load", data_root, p.options[p.dataset.name])
+        data = call_plugin(p.dataset, "load", data_dir(data_root), p.options[p.dataset.name])
     except DataMissing as exc:
         raise UsageError(str(exc)) from None
     return data.subset(p.config.subset, p.config.test_subset, p.config.seed)
+
+
+def check_against_data(p: Plan, data) -> tuple[int, int]:
+    """``(source, target class)`` of the run, after every check that needs the data: classes, target index,
+    the attack's and each defense's ``check``. Shared by `ptk run` and `ptk sweep` (which checks every cell
+    before its first training)."""
+    config, ds_plugin = p.config, p.dataset.plugin
+    source = data.class_index(config.source or ds_plugin.default_source or data.classes[0])
+    target_class = data.class_index(config.target or ds_plugin.default_target or data.classes[1])
+    if source == target_class:
+        raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
+    check_target_index(config.target_index, data, source)
+    call_plugin(p.attack, "check", data, source, target_class, p.options[p.attack.name])
+    for entry in p.defenses:
+        call_plugin(entry, "check", data, p.options[entry.name])
+    return source, target_class
 
 
 def check_target_index(idx: int | None, data, source: int) -> None:
@@ -114,8 +130,25 @@ def check_target_index(idx: int | None, data, source: int) -> None:
         )
 
 
+def target_order(probs: torch.Tensor, source: int, target_class: int, choice: str, seed: int) -> torch.Tensor:
+    """Candidate order (positions in the source-class pool) for ``--target-rank``.
+
+    Only images the clean model gets right are candidates (the attack must cause
+    the error); all of the pool if it gets none right. ``hardest``: highest
+    P(target class) first (the study's rule); ``random``: a uniform order seeded
+    by ``seed`` (the unbiased protocol for success rates).
+    """
+    right = (probs.argmax(1) == source).nonzero().squeeze(1)
+    candidates = right if len(right) else torch.arange(len(probs), device=probs.device)
+    if choice == "hardest":
+        return candidates[probs[candidates, target_class].argsort(descending=True, stable=True)]
+    gen = torch.Generator().manual_seed(seed)
+    return candidates[torch.randperm(len(candidates), generator=gen).to(candidates.device)]
+
+
 def choose_target(p: Plan, data, clean_model, source: int, target_class: int) -> Target:
-    """The correctly classified test image of ``source`` the clean model finds most like ``target_class``.
+    """The ``--target-rank``-th (default: first) correctly classified test image of ``source`` in the order of
+    ``--target-choice`` (default: the one the clean model finds most like ``target_class``).
 
     ``--target-index`` overrides the choice (it must be a source-class image).
     """
@@ -124,21 +157,30 @@ def choose_target(p: Plan, data, clean_model, source: int, target_class: int) ->
         pool = (data.y_test == source).nonzero().squeeze(1)
         if len(pool) == 0:
             raise UsageError(f"the test set has no image of the source class {data.classes[source]!r}")
-        probs = predict_proba(clean_model, data.x_test[pool])
-        # Among images the clean model gets right (the attack must cause the error), the one
-        # it finds most like the target class; all of the pool if it gets none right.
-        right = probs.argmax(1) == source
-        score = probs[:, target_class] - (~right).float() * 2 if right.any() else probs[:, target_class]
-        idx = int(pool[score.argmax()])
+        order = target_order(predict_proba(clean_model, data.x_test[pool]), source, target_class,
+                             p.config.target_choice, p.config.seed)
+        rank = p.config.target_rank
+        if rank >= len(order):
+            raise UsageError(f"--target-rank {rank}: the clean model classifies only {len(order)} "
+                             f"{data.classes[source]!r} test images correctly; pick a rank below {len(order)}")
+        idx = int(pool[order[rank]])
     return Target(idx, source, target_class, data.x_test[idx : idx + 1])
 
 
-def target_vote(ens: EnsemblePredictor, target: Target, classes: list[str], budget: int) -> dict[str, Any]:
-    """The ensemble's vote on the target and, for disjoint members, whether the poison budget exceeds its certificate."""
+def target_vote(ens: EnsemblePredictor, target: Target, classes: list[str], budget: int,
+                softmax_pred: str) -> dict[str, Any]:
+    """The ensemble's vote on the target and, for disjoint members, whether the poison budget exceeds its certificate.
+
+    The plurality vote is the ensemble's prediction (``target_pred``, ``attack_success``): it is
+    what the certificate is about. The averaged softmax's choice stays beside it as
+    ``softmax_target_pred``; the two can differ.
+    """
     votes = ens.votes(target.image)
     pred, tol = vote_prediction_and_tolerance(votes)
     out: dict[str, Any] = {"target_votes": {c: int(v) for c, v in zip(classes, votes[0].tolist())},
-                           "target_vote_pred": classes[int(pred[0])]}
+                           "target_vote_pred": classes[int(pred[0])], "target_pred": classes[int(pred[0])],
+                           "attack_success": int(pred[0]) == target.target_class,
+                           "softmax_target_pred": softmax_pred}
     if ens.certified:
         out["target_certified_tolerance"] = int(tol[0])
         out["budget_exceeds_certificate"] = budget > int(tol[0])
@@ -243,9 +285,11 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
             if out.details:
                 row["details"] = out.details
             if isinstance(out.predictor, EnsemblePredictor):
-                row.update(target_vote(out.predictor, target, data.classes, len(poison_idx)))
+                row.update(target_vote(out.predictor, target, data.classes, len(poison_idx), row["target_pred"]))
             run.add_model(entry.name, row)
-        except Exception as exc:  # one failing defense must not cost the others (KeyboardInterrupt passes)
+        except BaseException as exc:  # one failing defense (even one calling sys.exit) must not cost the others
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             tb = traceback.format_exc()
             run.failures.append(entry.name)
             run.add_model(entry.name, {"failed": True, "error": f"{type(exc).__name__}: {exc}"})
@@ -258,16 +302,8 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
                    on_error: Callable[[str, str], None] | None = None) -> dict[str, Any]:
     """Run one experiment; ``save`` is called with the results after every model."""
     p = plan(config, registry)
-    data = load_data(p, data_dir(data_root))
-    ds_plugin = p.dataset.plugin
-    source = data.class_index(config.source or ds_plugin.default_source or data.classes[0])
-    target_class = data.class_index(config.target or ds_plugin.default_target or data.classes[1])
-    if source == target_class:
-        raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
-    check_target_index(config.target_index, data, source)
-    call_plugin(p.attack, "check", data, source, target_class, p.options[p.attack.name])
-    for entry in p.defenses:
-        call_plugin(entry, "check", data, p.options[entry.name])
+    data = load_data(p, data_root)
+    source, target_class = check_against_data(p, data)
     data = data.to(p.device)
     torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
 

@@ -1,0 +1,178 @@
+"""``ptk sweep``: a grid into one SQLite store, resumable, with success rates and intervals."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+import ptk
+from ptk.config import PRESETS
+from ptk.registry import load_registry
+from ptk.sweep import expand, read_grid, success_rates, wilson_interval
+
+#: Small enough for CI: 800 digits, width 8, 2 epochs (each model trains in a few seconds on 2 cores).
+GRID_HEAD = """preset = "quick"
+subset = 800
+epochs = 2
+lr = 3e-3
+defenses = ["none"]
+[options.resnet18]
+width = 8
+"""
+
+
+def write_grid(path, grid: str) -> None:
+    path.write_text(GRID_HEAD + "[grid]\n" + grid)
+
+
+def rows(db) -> list[dict]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in con.execute("SELECT * FROM models ORDER BY cell_id, name")]
+    finally:
+        con.close()
+
+
+def cells(db) -> dict[str, dict]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    try:
+        return {r["cell_id"]: dict(r) for r in con.execute("SELECT * FROM cells")}
+    finally:
+        con.close()
+
+
+def test_wilson_interval_is_honest_at_the_edges():
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0 and 0.25 < hi < 0.35  # zero successes in 10 does not mean a rate of exactly 0
+    lo, hi = wilson_interval(10, 10)
+    assert 0.65 < lo < 0.75 and hi == 1
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.404, abs=1e-3) and hi == pytest.approx(0.596, abs=1e-3)
+
+
+def test_grid_expands_to_checked_cells_with_stable_ids(tmp_path):
+    grid = tmp_path / "g.toml"
+    write_grid(grid, 'seed = [0, 1]\ntargets = 3\n"labelflip.budget" = [10, 20]\n')
+    base, lists = read_grid(grid, PRESETS)
+    first = expand(base, lists, str(grid))
+    assert len(first) == 2 * 3 * 2 and len({c.id for c in first}) == 12
+    assert {c.config.target_rank for c in first} == {0, 1, 2}
+    assert {c.config.options["labelflip"]["budget"] for c in first} == {10, 20}
+    # the same settings written differently are the same cells
+    write_grid(grid, '"labelflip.budget" = [20, 10]\ntargets = 3\nseed = [1, 0]\n')
+    assert {c.id for c in expand(*read_grid(grid, PRESETS), str(grid))} == {c.id for c in first}
+
+
+@pytest.mark.parametrize("grid, message", [
+    ('epochs = ["two"]', "key 'epochs' must be an integer"),
+    ("targets = 0", "'targets' must be at least 1"),
+    ("colour = [1]", "neither a run setting"),
+    ("seed = []", "empty list"),
+])
+def test_bad_grid_is_refused_naming_the_key(ptk, tmp_path, grid, message):
+    path = tmp_path / "g.toml"
+    write_grid(path, grid + "\n")
+    res = ptk("sweep", "run", path, "--db", tmp_path / "s.db", expect=2)
+    assert message in res.output
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_bad_cell_is_refused_before_any_training(ptk, tmp_path, monkeypatch):
+    monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "g.toml"
+    write_grid(path, '"labelflip.budget" = [10, 5000]\n')  # the second cell's budget exceeds its pool
+    res = ptk("sweep", "run", path, "--db", tmp_path / "s.db", expect=2)
+    assert "cell labelflip.budget=5000" in res.output and "larger than the pool" in res.output
+    assert not (tmp_path / "cache" / "models").exists()
+
+
+def test_sweep_shares_the_clean_model_resumes_and_grows(ptk, tmp_path, monkeypatch):
+    monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
+    path, db = tmp_path / "g.toml", tmp_path / "sweep" / "sweep.db"
+    write_grid(path, 'targets = 2\n"labelflip.budget" = [10, 30]\n')
+    res = ptk("sweep", "run", path, "--db", db)
+    first = rows(db)
+    assert len(first) == 4 * 2  # 4 cells x (clean, poisoned)
+    assert all(c["status"] == "complete" for c in cells(db).values())
+    # one clean model for the seed, shared by every target and budget: trained once, then cache hits
+    clean = [json.loads(r["row"]) for r in first if r["name"] == "clean"]
+    assert sum(not c["cached"] for c in clean) == 1
+    # two targets: the hardest and the second hardest correct source image of the clean model
+    assert len({r["target_index"] for r in first}) == 2
+    poisoned = [r for r in first if r["name"] == "poisoned"]
+    assert {r["budget"] for r in poisoned} == {10, 30}
+    assert "attack success" in res.output and "95% CI" in res.output
+    # each cell's whole results.json is kept beside the store, and names its config
+    for cell_id, cell in cells(db).items():
+        kept = json.loads((db.parent / "cells" / f"{cell_id}.json").read_text())
+        assert kept["config"] == json.loads(cell["config"]) and kept["status"] == "complete"
+
+    # rerun: nothing to do
+    res = ptk("sweep", "run", path, "--db", db)
+    assert "0 complete, 0 failed, 4 already done" in res.output
+    assert rows(db) == first
+
+    # a larger grid adds cells and leaves finished rows alone
+    write_grid(path, 'targets = 2\n"labelflip.budget" = [10, 30, 20]\n')
+    res = ptk("sweep", "run", path, "--db", db)
+    assert "2 complete, 0 failed, 4 already done" in res.output
+    now = rows(db)
+    assert len(now) == 6 * 2 and all(r in now for r in first)
+
+    rates = success_rates(
+        {**r, "grid_values": cells(db)[r["cell_id"]]["grid_values"]} for r in rows(db))
+    by = {(json.dumps(r.setting), r.model): r for r in rates}
+    assert all(r.n == 2 for r in rates)  # two targets per setting
+    assert by[(json.dumps({"labelflip.budget": 10}), "clean")].successes == 0  # clean: never the target class
+
+
+class FlakyAttack(ptk.Attack):
+    name = "flaky"
+    description = "fails on seed 1, flips nothing otherwise"
+
+    def poison(self, ctx, options):
+        if ctx.seed == 1:
+            raise RuntimeError("deliberate failure on seed 1")
+        return ptk.Poisoning(y_train=ctx.data.y_train.clone(), poison_indices=ctx.data.y_train[:0])
+
+
+class Flaky:
+    @ptk.hookimpl
+    def register_attacks(self, register):
+        register(FlakyAttack())
+
+
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on_then_reruns(ptk, tmp_path, monkeypatch):
+    def registry():
+        reg = load_registry()
+        reg.add_plugin(Flaky(), "sweep-tests")
+        return reg
+
+    monkeypatch.setattr("ptk.registry.load_registry", registry)
+    monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
+    path, db = tmp_path / "g.toml", tmp_path / "s.db"
+    write_grid(path, 'attack = ["flaky"]\nseed = [1, 0]\n')
+    res = ptk("sweep", "run", path, "--db", db, expect=1)
+    status = {json.loads(c["grid_values"])["seed"]: c for c in cells(db).values()}
+    assert status[1]["status"] == "failed" and "deliberate failure on seed 1" in status[1]["error"]
+    assert status[0]["status"] == "complete"  # ran after the failure
+    assert "1 complete, 1 failed" in res.output
+    # rerunning retries the failed cell only
+    res = ptk("sweep", "run", path, "--db", db, expect=1)
+    assert "0 complete, 1 failed, 1 already done" in res.output
+
+
+def test_target_order_hardest_first_or_seeded_random_among_correct_images():
+    from ptk.experiment import target_order
+    import torch
+
+    probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3], [0.55, 0.45]])  # image 1 is wrong
+    assert target_order(probs, 0, 1, "hardest", 0).tolist() == [4, 2, 3, 0]
+    random = target_order(probs, 0, 1, "random", 5)
+    assert sorted(random.tolist()) == [0, 2, 3, 4]  # only correctly classified images
+    assert random.tolist() == target_order(probs, 0, 1, "random", 5).tolist()  # the seed fixes the draw
+    assert len({tuple(target_order(probs, 0, 1, "random", s).tolist()) for s in range(8)}) > 1

@@ -1,0 +1,160 @@
+"""The sweep record store: one SQLite file (stdlib ``sqlite3``, WAL mode) any SQLite tool can open.
+
+Two tables (schema in docs/sweeps.md): ``cells``, one row per grid cell with its
+config, status and provenance, and ``models``, one row per model per finished
+cell (clean, poisoned, each defense). Only the sweep driver writes; a cell's
+model rows and its ``complete`` status are written in one transaction, so a
+killed driver leaves every cell either finished with all its rows or not
+finished with none.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS cells (
+    cell_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,          -- the cell's ExperimentConfig as JSON: `ptk run --config` can repeat it
+    grid_values TEXT NOT NULL,     -- the grid values that made this cell, as JSON
+    status TEXT NOT NULL,          -- pending, running, complete, failed
+    error TEXT,
+    started TEXT,
+    finished TEXT,
+    seconds REAL,
+    host TEXT,
+    device TEXT,
+    versions TEXT                  -- ptk, torch and plugin versions as JSON
+);
+CREATE TABLE IF NOT EXISTS models (
+    cell_id TEXT NOT NULL REFERENCES cells(cell_id),
+    name TEXT NOT NULL,            -- clean, poisoned or the defense's name
+    seed INTEGER,
+    attack TEXT,
+    budget INTEGER,                -- poisoned training samples
+    target_index INTEGER,
+    source_class TEXT,
+    target_class TEXT,
+    test_accuracy REAL,
+    target_p_source REAL,
+    target_p_target REAL,
+    target_pred TEXT,
+    attack_success INTEGER,        -- 0/1: the target is predicted as the attacker's class
+    removed_count INTEGER,
+    removal_precision REAL,
+    removal_recall REAL,
+    suspicion_auroc REAL,
+    train_seconds REAL,
+    defense_seconds REAL,
+    threat_model TEXT,
+    failed INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    row TEXT NOT NULL,             -- the model's whole results.json entry, as JSON
+    PRIMARY KEY (cell_id, name)
+);
+"""
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+class Store:
+    """A sweep's SQLite file. Writes happen in short transactions, one per state change of a cell."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def status(self) -> dict[str, str]:
+        """Status of every cell the store knows, by cell id."""
+        return dict(self.db.execute("SELECT cell_id, status FROM cells"))
+
+    def add_cell(self, cell_id: str, config: dict[str, Any], values: dict[str, Any]) -> None:
+        """Record a cell as pending unless it is already known (finished rows are never touched)."""
+        self.db.execute("INSERT OR IGNORE INTO cells (cell_id, config, grid_values, status) VALUES (?, ?, ?, 'pending')",
+                        (cell_id, json.dumps(config, sort_keys=True), json.dumps(values, sort_keys=True)))
+
+    def start(self, cell_id: str, device: str) -> None:
+        self.db.execute("UPDATE cells SET status='running', error=NULL, started=?, finished=NULL, host=?, device=? "
+                        "WHERE cell_id=?", (now(), socket.gethostname(), device, cell_id))
+
+    def release(self, cell_id: str) -> None:
+        """A cell interrupted by Ctrl-C goes back to pending: it is rerun, not counted as failed."""
+        self.db.execute("UPDATE cells SET status='pending', started=NULL WHERE cell_id=? AND status='running'",
+                        (cell_id,))
+
+    def fail(self, cell_id: str, error: str, seconds: float) -> None:
+        self.db.execute("UPDATE cells SET status='failed', error=?, finished=?, seconds=? WHERE cell_id=?",
+                        (error, now(), round(seconds, 3), cell_id))
+
+    def finish(self, cell_id: str, results: dict[str, Any], seconds: float) -> None:
+        """The cell's model rows and its final status, in one transaction."""
+        rows = list(model_rows(cell_id, results))
+        status = "complete" if results.get("status") == "complete" else "failed"
+        failed = [m["name"] for m in results.get("models", []) if m.get("failed")]
+        error = f"defense(s) failed: {', '.join(failed)}" if failed else results.get("error")
+        with self.transaction():
+            self.db.execute("DELETE FROM models WHERE cell_id=?", (cell_id,))
+            self.db.executemany(f"INSERT INTO models ({', '.join(MODEL_COLUMNS)}) VALUES "
+                                f"({', '.join('?' * len(MODEL_COLUMNS))})", rows)
+            self.db.execute("UPDATE cells SET status=?, error=?, finished=?, seconds=?, versions=? WHERE cell_id=?",
+                            (status, error, now(), round(seconds, 3), json.dumps(results.get("versions", {})),
+                             cell_id))
+
+    def transaction(self):
+        return _Transaction(self.db)
+
+    def models(self) -> Iterator[dict[str, Any]]:
+        """Every model row of finished cells, with the cell's grid values (for reports)."""
+        cur = self.db.execute("SELECT m.*, c.grid_values, c.config FROM models m JOIN cells c USING (cell_id) "
+                              "WHERE c.status IN ('complete', 'failed')")
+        names = [d[0] for d in cur.description]
+        for values in cur:
+            yield dict(zip(names, values))
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type, *_: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+MODEL_COLUMNS = ("cell_id", "name", "seed", "attack", "budget", "target_index", "source_class", "target_class",
+                 "test_accuracy", "target_p_source", "target_p_target", "target_pred", "attack_success",
+                 "removed_count", "removal_precision", "removal_recall", "suspicion_auroc", "train_seconds",
+                 "defense_seconds", "threat_model", "failed", "error", "row")
+
+
+def model_rows(cell_id: str, results: dict[str, Any]) -> Iterator[tuple]:
+    """One tuple per model of a run's results, in MODEL_COLUMNS order."""
+    target = results.get("target", {})
+    src, tgt = target.get("source_class"), target.get("target_class")
+    attack = results.get("attack", {})
+    budget = len(attack["poison_indices"]) if "poison_indices" in attack else None
+    for m in results.get("models", []):
+        probs = m.get("target_probs", {})
+        success = m.get("attack_success")
+        slim = {k: v for k, v in m.items() if k != "removed_indices"}  # indices stay in results.json, not here
+        yield (cell_id, m["name"], results["config"]["seed"], attack.get("name"), budget, target.get("index"), src,
+               tgt, m.get("test_accuracy"), probs.get(src), probs.get(tgt), m.get("target_pred"),
+               None if success is None else int(success), m.get("removed_count"), m.get("removal_precision"),
+               m.get("removal_recall"), m.get("suspicion_auroc"), m.get("train_seconds"), m.get("defense_seconds"),
+               m.get("threat_model"), int(bool(m.get("failed"))), m.get("error"), json.dumps(slim))
