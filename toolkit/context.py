@@ -94,6 +94,8 @@ class Session:
                 train=lambda m: self.fit(m, xs, ys, ws, seed, desc),
                 info={"desc": desc, "samples": len(ys), "seed": seed, "model": self.model_identity(built.net)},
             )
+        if cached:
+            trainlib.progress_line(f"{desc}: loaded from the cache")
         self.trained.append({"desc": desc, "key": key, "cached": cached, "seconds": timer.seconds})
         model.train_seconds = 0.0 if cached else timer.seconds  # type: ignore[attr-defined]
         model.cached = cached  # type: ignore[attr-defined]
@@ -116,8 +118,14 @@ class Session:
 
     def fit(self, model: Network, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None, seed: int,
             desc: str) -> Network:
-        """Train ``model`` with the run's recipe."""
-        return trainlib.train_model(model, x, y, self.recipe, seed, weights, desc=desc)
+        """Train ``model`` with the run's recipe, with a line before and after when stderr is not a
+        terminal (tqdm's bar shows nothing in a log file, and a model can train for many minutes)."""
+        epochs = self.recipe.epochs
+        trainlib.progress_line(f"training {desc} ({len(y)} samples, {epochs} epoch{'s' if epochs != 1 else ''}) ...")
+        with trainlib.Timer() as timer:
+            model = trainlib.train_model(model, x, y, self.recipe, seed, weights, desc=desc)
+        trainlib.progress_line(f"training {desc} done in {timer.seconds:.1f} s")
+        return model
 
 
 class BaseContext:
