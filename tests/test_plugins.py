@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -110,3 +112,26 @@ def test_plugins_command_lists_kind_distribution_and_threat_model(ptk):
     assert {o["name"] for o in ens["options"]} == {"k", "mode"}
     text = ptk("plugins", "labelflip").output
     assert "-o labelflip.budget=250" in text
+
+
+#: Run in a fresh interpreter: `ptk plugins`, then every module of the built-in plugins (the ART backend's
+#: included); prints the ART modules that got imported.
+LIST_THEN_IMPORT_ALL = """
+import importlib, json, pkgutil, sys
+import ptk_plugins
+from ptk.cli import cli
+cli(["plugins"], standalone_mode=False)
+for m in pkgutil.iter_modules(ptk_plugins.__path__, "ptk_plugins."):
+    importlib.import_module(m.name)
+print(json.dumps(sorted(m for m in sys.modules if m == "art" or m.startswith("art."))))
+"""
+
+
+def test_listing_plugins_does_not_import_art():
+    """`import art` takes ~10 s; only `-o activation-clustering.backend=art` needs it, so `ptk plugins` and
+    a run without that backend must not pay for it."""
+    done = subprocess.run([sys.executable, "-c", LIST_THEN_IMPORT_ALL], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    *listing, art_modules = done.stdout.splitlines()
+    assert any("activation-clustering" in line for line in listing)  # the plugin that wraps ART is listed
+    assert json.loads(art_modules) == []

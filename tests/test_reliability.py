@@ -377,3 +377,90 @@ def test_plugins_are_not_imported_from_the_current_directory(tmp_path):
     assert res.returncode == 0, res.stderr
     assert not marker.exists()
     assert "labelflip" in res.stdout
+
+
+# --- the model cache sees a model plugin's code ---------------------------------------------------
+
+PROBE_MODULE = "ptk_cache_probe_model"
+PROBE_SOURCE = '''
+import math
+
+from torch import nn
+
+import ptk
+
+
+class ProbeNet(nn.Module):
+    def __init__(self, classes, shape):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), 32), nn.ReLU())
+        self.fc = nn.Linear(32, classes)
+
+    def features(self, x):
+        return self.body(x)
+
+    def head(self, feats):
+        return self.fc(feats)
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+class ProbeModel(ptk.ModelSpec):
+    name = "cache-probe"
+
+    def build(self, num_classes, image_shape, options):
+        return ProbeNet(num_classes, image_shape)
+
+
+@ptk.hookimpl
+def register_models(register):
+    register(ProbeModel())
+'''
+
+
+def run_probe(module, version: str, data_dir: Path, cache: Path) -> dict[str, bool]:
+    """One tiny run of the probe model plugin (registered in-process as ``version``): model name -> cached."""
+    from ptk.config import ExperimentConfig
+    from ptk.experiment import run_experiment
+
+    reg = load_registry()
+    reg.add_plugin(module, "cache-probe", dist="ptk-cache-probe", version=version)
+    config = ExperimentConfig(dataset="digits", model="cache-probe", attack="labelflip", defenses=[],
+                              subset=200, epochs=1, lr=1e-2, batch_size=64, device="cpu",
+                              options={"labelflip": {"budget": "5"}})
+    r = run_experiment(config, reg, save=lambda _: None, data_root=data_dir, cache_root=cache)
+    return {m["name"]: m["cached"] for m in r["models"]}
+
+
+def test_editing_a_model_plugin_retrains_instead_of_loading_stale_weights(tmp_path, data_dir, monkeypatch):
+    import importlib
+
+    site, cache = tmp_path / "site", tmp_path / "cache"
+    site.mkdir()
+    source = site / f"{PROBE_MODULE}.py"
+    source.write_text(PROBE_SOURCE)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, PROBE_MODULE, raising=False)  # and removed again after the test
+    module = importlib.import_module(PROBE_MODULE)
+
+    assert run_probe(module, "1.0", data_dir, cache) == {"clean": False, "poisoned": False}
+    assert run_probe(module, "1.0", data_dir, cache) == {"clean": True, "poisoned": True}  # unchanged: reused
+    # a new release of the plugin's distribution is a different model
+    assert run_probe(module, "1.1", data_dir, cache) == {"clean": False, "poisoned": False}
+    # the same release with its code edited: a Dropout has no weights, so the old state dict would
+    # load without complaint; only the source digest in the key keeps the old weights out
+    source.write_text(PROBE_SOURCE.replace("nn.ReLU())", "nn.ReLU(), nn.Dropout(0.5))"))
+    module = importlib.reload(module)
+    assert run_probe(module, "1.1", data_dir, cache) == {"clean": False, "poisoned": False}
+    assert run_probe(module, "1.1", data_dir, cache) == {"clean": True, "poisoned": True}
+
+
+def test_model_code_without_source_is_named_and_warned_about(caplog):
+    from ptk.cache import code_identity
+
+    typed_in_a_repl = type("ReplNet", (torch.nn.Module,), {"__module__": "ptk_module_never_imported"})
+    identity = code_identity(typed_in_a_repl, CifarResNet18)
+    assert identity["ptk_module_never_imported.ReplNet"] == "source unavailable"
+    assert len(identity["ptk_plugins.resnet.CifarResNet18"]) == 64  # a sha256 of plugins/resnet.py
+    assert "no source for ptk_module_never_imported.ReplNet" in caplog.text and "--no-cache" in caplog.text

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+import os
+import re
+import subprocess
+import sys
 
 from conftest import TINY, load_results, model_row
 
@@ -58,3 +64,46 @@ def test_existing_out_folder_is_not_overwritten(ptk, tmp_path):
     res = ptk("run", "--defense", "none", *TINY, "--out", out, expect=2)
     assert "--overwrite" in res.output
     assert (out / "results.json").read_text() == "{}"
+
+
+def test_redirected_run_prints_a_line_per_model_instead_of_a_progress_bar(tmp_path, data_dir):
+    """stderr to a file or pipe (nohup, CI, `2> log`): tqdm draws nothing there, so each model's start and
+    end are plain lines, and a cached model says so; nothing per batch or epoch."""
+    env = {**os.environ, "PTK_CACHE_DIR": str(tmp_path / "cache"), "PTK_DATA_DIR": str(data_dir)}
+    small = ["--preset", "quick", "--subset", "200", "--epochs", "1", "-o", "resnet18.width=4",
+             "-o", "labelflip.budget=5", "--defense", "none"]
+
+    def ptk_redirected(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "ptk", "run", *small, *map(str, args)], env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        assert "ptk: " not in done.stdout  # the table stays clean for `> table.txt`
+        return done
+
+    first = ptk_redirected("--out", tmp_path / "a").stderr
+    lines = [l for l in first.splitlines() if l.startswith("ptk: ")]
+    assert lines[0] == "ptk: training clean model (200 samples, 1 epoch) ..."
+    assert re.fullmatch(r"ptk: training clean model done in \d+\.\d s", lines[1])
+    assert lines[2] == "ptk: training poisoned model (200 samples, 1 epoch) ..."
+    assert re.fullmatch(r"ptk: training poisoned model done in \d+\.\d s", lines[3])
+    assert len(lines) == 4
+
+    again = [l for l in ptk_redirected("--out", tmp_path / "b").stderr.splitlines() if l.startswith("ptk: ")]
+    assert again == ["ptk: clean model: loaded from the cache", "ptk: poisoned model: loaded from the cache"]
+
+
+def test_no_plain_progress_lines_on_a_terminal(monkeypatch, caplog):
+    """On a terminal the tqdm bar shows progress; the plain lines would only break it up."""
+    from ptk.train import progress_line
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    caplog.set_level(logging.INFO, logger="ptk")
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    progress_line("training clean model ...")
+    assert "training clean model" not in caplog.text
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a pipe or a file
+    progress_line("training clean model ...")
+    assert "ptk: training clean model ..." in caplog.text

@@ -2,7 +2,11 @@
 
 The key hashes everything that determines a trained model (data set, training
 labels, kept samples, loss weights, model and options, recipe, seed), so a
-second run that only adds a defense reuses the clean and poisoned models.
+second run that only adds a defense reuses the clean and poisoned models. The
+model is identified by its code, not just its name: the model plugin's
+distribution and version and the sha256 of the source of the modules defining
+its ModelSpec and network classes (:func:`code_identity`), so editing a model
+plugin retrains instead of loading weights of the old architecture.
 Entries are state dicts loaded with ``weights_only=True`` (no arbitrary
 unpickling) and verified against a sha256 recorded beside them; a corrupt
 entry is reported, deleted and recomputed, never loaded.
@@ -11,8 +15,10 @@ entry is reported, deleted and recomputed, never loaded.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,7 +37,44 @@ def tensor_digest(t: torch.Tensor | None) -> str | None:
     return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
 
 
+def module_digest(module_name: str) -> str | None:
+    """sha256 of the source of an imported module, or None when Python cannot show it.
+
+    The source (not the module's name) is what a cached model's weights depend
+    on. ``inspect.getsource`` re-reads a file whose size or mtime changed, so an
+    edited and reloaded module gets a new digest. None for modules without
+    source: typed into a REPL or notebook, or shipped compiled only.
+    """
+    module = sys.modules.get(module_name)
+    if module is None:
+        return None
+    try:
+        source = inspect.getsource(module)
+    except (OSError, TypeError):
+        return None
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def code_identity(*classes: type) -> dict[str, str]:
+    """``module.QualName`` of each class -> sha256 of its module's source.
+
+    A class whose source is unavailable is identified by its qualified name
+    alone (``"source unavailable"``), with a warning: the cache then cannot
+    tell an edited version of it from the old one.
+    """
+    out: dict[str, str] = {}
+    for cls in classes:
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        digest = module_digest(cls.__module__)
+        if digest is None:
+            log.warning("ptk: no source for %s; the model cache cannot see changes to its code "
+                        "(pass --no-cache after editing it)", name)
+        out[name] = digest or "source unavailable"
+    return out
+
+
 def cache_key(parts: dict[str, Any]) -> str:
+    """32 hex digits of the sha256 of ``parts`` (JSON with sorted keys)."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

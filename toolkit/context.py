@@ -17,7 +17,7 @@ from torch import nn
 
 from . import train as trainlib
 from .api import ThreatModel
-from .cache import ModelCache, cache_key, tensor_digest
+from .cache import ModelCache, cache_key, code_identity, tensor_digest
 from .data import Dataset, stratified_indices
 from .network import Network, channel_stats
 from .registry import Entry
@@ -53,6 +53,21 @@ class Session:
         self.seed = seed
         self.mean, self.std = channel_stats(data.x_train)
         self.trained: list[dict[str, Any]] = []  # one record per train() call, for the report
+        self._identities: dict[type, dict[str, Any]] = {}
+
+    def model_identity(self, net: nn.Module) -> dict[str, Any]:
+        """What a cached model of this run's architecture depends on besides its data: the model
+        plugin's name, distribution, version and the code of its ModelSpec and of ``net``'s class.
+
+        Read once per Session and network class, so every model of a run gets the same key
+        even if the plugin's file is edited while the run goes on.
+        """
+        cls = type(net)
+        if cls not in self._identities:
+            e = self.model_entry
+            self._identities[cls] = {"name": e.name, "distribution": e.dist, "version": e.version,
+                                     "code": code_identity(type(e.plugin), cls)}
+        return self._identities[cls]
 
     def build(self, seed: int) -> Network:
         torch.manual_seed(seed)
@@ -69,29 +84,48 @@ class Session:
                 from .options import UsageError
 
                 raise UsageError(f"{desc}: only {keep.numel()} training samples left; cannot train")
-        key = cache_key({
+        with trainlib.Timer() as timer:
+            built = self.build(seed)
+            key = self.key_for(built, x, y, keep, weights, seed)
+            xs, ys = (x, y) if keep is None else (x[keep], y[keep])
+            ws = weights if weights is None or keep is None else weights[keep]
+            model, cached = self.cache.get_or_train(
+                key,
+                build=lambda: built,
+                train=lambda m: self.fit(m, xs, ys, ws, seed, desc),
+                info={"desc": desc, "samples": len(ys), "seed": seed, "model": self.model_identity(built.net)},
+            )
+        if cached:
+            trainlib.progress_line(f"{desc}: loaded from the cache")
+        self.trained.append({"desc": desc, "key": key, "cached": cached, "seconds": timer.seconds})
+        model.train_seconds = 0.0 if cached else timer.seconds  # type: ignore[attr-defined]
+        model.cached = cached  # type: ignore[attr-defined]
+        return model
+
+    def key_for(self, built: Network, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None,
+                weights: torch.Tensor | None, seed: int) -> str:
+        """The cache key of training ``built`` on ``x[keep]``, ``y[keep]``: everything the weights depend on."""
+        return cache_key({
             "data": self.data.fingerprint(),
             "x": tensor_digest(x) if x is not self.data.x_train else "clean",
             "y": tensor_digest(y),
             "keep": tensor_digest(keep),
             "weights": tensor_digest(weights),
-            "model": self.model_entry.name,
+            "model": self.model_identity(built.net),
             "model_options": self.model_options,
             "recipe": self.recipe.to_dict(),
             "seed": seed,
         })
-        xs, ys = (x, y) if keep is None else (x[keep], y[keep])
-        ws = weights if weights is None or keep is None else weights[keep]
+
+    def fit(self, model: Network, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None, seed: int,
+            desc: str) -> Network:
+        """Train ``model`` with the run's recipe, with a line before and after when stderr is not a
+        terminal (tqdm's bar shows nothing in a log file, and a model can train for many minutes)."""
+        epochs = self.recipe.epochs
+        trainlib.progress_line(f"training {desc} ({len(y)} samples, {epochs} epoch{'s' if epochs != 1 else ''}) ...")
         with trainlib.Timer() as timer:
-            model, cached = self.cache.get_or_train(
-                key,
-                build=lambda: self.build(seed),
-                train=lambda m: trainlib.train_model(m, xs, ys, self.recipe, seed, ws, desc=desc),
-                info={"desc": desc, "samples": len(ys), "seed": seed},
-            )
-        self.trained.append({"desc": desc, "key": key, "cached": cached, "seconds": timer.seconds})
-        model.train_seconds = 0.0 if cached else timer.seconds  # type: ignore[attr-defined]
-        model.cached = cached  # type: ignore[attr-defined]
+            model = trainlib.train_model(model, x, y, self.recipe, seed, weights, desc=desc)
+        trainlib.progress_line(f"training {desc} done in {timer.seconds:.1f} s")
         return model
 
 

@@ -7,7 +7,9 @@ augmentation. On CUDA the forward runs under bf16 autocast in channels_last.
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator, TypeVar
@@ -20,6 +22,7 @@ from .augment import crop_flip, draw_crop_flip
 from .options import UsageError
 
 T = TypeVar("T")
+log = logging.getLogger("ptk")
 
 
 @dataclass(frozen=True)
@@ -53,8 +56,25 @@ class Recipe:
 RECIPES = {"study": dict(batch_size=128, lr=1e-4), "fast": dict(batch_size=512, lr=0.2)}
 
 
+def stderr_is_terminal() -> bool:
+    """Whether stderr is a terminal (tqdm draws its bars only there)."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(callable(isatty) and isatty())
+
+
+def progress_line(message: str) -> None:
+    """Log ``ptk: message`` (INFO, logger ``ptk``) when stderr is not a terminal.
+
+    A run redirected to a file or a pipe gets no tqdm bar, so without these
+    lines it would print nothing for as long as a model trains (minutes to
+    hours). Called once per model, never per batch; on a terminal the bar says it.
+    """
+    if not stderr_is_terminal():
+        log.info("ptk: %s", message)
+
+
 def progress(items: Iterable[T], desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """A tqdm bar on stderr when it is a terminal; silent in logs and tests."""
+    """A tqdm bar on stderr when it is a terminal; silent in logs and tests (see :func:`progress_line`)."""
     from tqdm.auto import tqdm
 
     return iter(tqdm(items, desc=desc, total=total, leave=False, disable=None if enabled else True))
