@@ -20,6 +20,8 @@ from click.testing import CliRunner
 from ptk.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+#: benchmarks/common.py's measurement helpers serve the tests too: ``from common import relative_error``
+sys.path.insert(0, str(ROOT / "benchmarks"))
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 #: Small real run: 800 digits, narrow ResNet-18, 5 epochs; the label flip succeeds
