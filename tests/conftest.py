@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import site
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,8 @@ from click.testing import CliRunner
 from ptk.cli import cli
 
 ROOT = Path(__file__).resolve().parents[1]
+#: benchmarks/common.py's measurement helpers serve the tests too: ``from common import relative_error``
+sys.path.insert(0, str(ROOT / "benchmarks"))
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 #: Small real run: 800 digits, narrow ResNet-18, 5 epochs; the label flip succeeds
@@ -68,6 +73,46 @@ def require_cifar() -> Path:
     if os.environ.get("PTK_REQUIRE_CIFAR"):
         pytest.fail(f"PTK_REQUIRE_CIFAR is set but {CIFAR_ARCHIVE} is missing")
     pytest.skip(f"{CIFAR_ARCHIVE} not present")
+
+
+def make_venv(path: Path) -> Path:
+    """A throwaway virtual environment at PATH that sees the packages of the Python running the tests; its python.
+
+    ``venv --system-site-packages`` is not enough: it shows the *base* interpreter's site-packages, and where
+    the tests run from a virtual environment (``pip install '.[test]'`` in a venv) torch and the rest live in
+    that environment's site-packages instead. So the new environment gets a .pth file that adds the running
+    interpreter's own site directories (``site.getsitepackages()``, plus the user site where it is enabled)
+    with ``site.addsitedir``, which also runs their .pth files as the running interpreter did. They come after
+    the new environment's own site-packages, so whatever is installed into it wins.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    python = path / "bin" / "python"
+    own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    host = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
+    adds = "; ".join(f"site.addsitedir({d!r})" for d in host if Path(d).is_dir())
+    (Path(own) / "ptk_tests_host_site.pth").write_text(f"import site; {adds}\n")
+    return python
+
+
+def pip_install(python: Path, *args: str) -> None:
+    """``pip install --no-deps --no-index ARGS`` into PYTHON's environment, with the running Python's pip."""
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
+                           "--no-index", "--quiet", *args], capture_output=True, text=True)
+    assert done.returncode == 0, f"pip install {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> tuple[Path, Path, str]:
+    """ptk's sdist, the wheel built from that sdist (what ``python -m build`` does), and the build log."""
+    out = tmp_path_factory.mktemp("dist")
+    done = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
+                          capture_output=True, text=True)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    (sdist,) = out.glob("*.tar.gz")
+    (wheel,) = out.glob("*.whl")
+    return sdist, wheel, log
 
 
 @pytest.fixture(scope="session")

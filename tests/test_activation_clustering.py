@@ -5,25 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
+from common import StubNetwork
 from conftest import TINY, load_results, model_row
 from ptk_plugins.activation_clustering import art_mode_flags, dominant_label_flags
 from ptk_plugins.activation_clustering_art import art_classifier, run_activation_defence
-
-
-class StubNetwork(nn.Module):
-    """A "network" whose penultimate activations are its input, so ART and ptk can be fed the same activations."""
-
-    def __init__(self, dims: int, classes: int) -> None:
-        super().__init__()
-        self.fc = nn.Linear(dims, classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-    def head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(feats)
 
 
 def synthetic_activations(seed: int = 0, unstructured: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,6 @@ FLOP count matches the arithmetic, and the study row trains, evaluates and runs
 from __future__ import annotations
 
 import importlib.util
-import sys
 
 import pytest
 import torch
@@ -18,7 +17,7 @@ from conftest import ROOT
 
 
 def load_benchmarks():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    """benchmarks/run.py as a module, and benchmarks/study.py (benchmarks/ is on sys.path: see conftest)."""
     spec = importlib.util.spec_from_file_location("ptk_benchmark_run", ROOT / "benchmarks" / "run.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -1,24 +1,22 @@
 """The third-party plugin path end to end, with examples/ptk-example-plugins as the third party.
 
-One test pip-installs the example distribution into this environment and drives
-the real ``ptk`` console script, as a user of a published plugin would; the
-fixture uninstalls it again whatever happens. The others load the same modules
-in-process with ``Registry.add_plugin``, the way a plugin author tests a plugin
-before publishing it.
+One test pip-installs ptk's wheel and the example distribution into a throwaway
+virtual environment (never the one running the tests) and drives that
+environment's ``ptk`` console script, as a user of a published plugin would. The
+others load the same modules in-process with ``Registry.add_plugin``, the way a
+plugin author tests a plugin before publishing it.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
-import importlib.metadata as md
 import json
 import math
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -28,23 +26,16 @@ from ptk.cli import RUN_FLAGS, build_config, cli
 from ptk.experiment import run_experiment
 from ptk.registry import load_registry
 
-from conftest import ROOT, TINY, model_row
+from conftest import ROOT, TINY, make_venv, model_row, pip_install
 
 EXAMPLE = ROOT / "examples" / "ptk-example-plugins"
 DIST = "ptk-example-plugins"
 PACKAGE = "ptk_example_plugins"
-PIP = [sys.executable, "-m", "pip"]
 
 
 def digits_as_run(data_dir: Path) -> ptk.Dataset:
     """The training set a TINY run sees: digits, stratified subset of 800 with seed 0."""
     return load_registry().get("dataset", "digits").plugin.load(data_dir, {"test_fraction": 0.25}).subset(800, None, 0)
-
-
-def ptk_script() -> str:
-    """The console script of the Python running the tests (not whatever ``ptk`` is first on PATH)."""
-    script = Path(sys.executable).with_name("ptk")
-    return str(script) if script.exists() else shutil.which("ptk") or pytest.fail("no ptk console script")
 
 
 # --- in-process, no install -----------------------------------------------------------------------
@@ -123,29 +114,21 @@ def test_docs_show_the_example_code_verbatim():
 
 
 @pytest.fixture
-def installed_example(tmp_path):
-    """The example distribution pip-installed into this environment; uninstalled afterwards, even on failure."""
-    try:
-        md.distribution(DIST)
-    except md.PackageNotFoundError:
-        pass
-    else:
-        pytest.skip(f"{DIST} is already installed here; this test installs and removes its own copy")
+def example_venv(built, tmp_path) -> Path:
+    """A throwaway environment with ptk's wheel and the example distribution pip-installed; its ``ptk`` script."""
+    _, wheel, _ = built
+    venv = tmp_path / "venv"
+    python = make_venv(venv)
     src = tmp_path / "src"  # build from a copy: no build/ or *.egg-info left in the checkout
     shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    try:
-        done = subprocess.run(PIP + ["install", "--no-build-isolation", "--no-deps", "--no-index", str(src)],
-                              capture_output=True, text=True)
-        assert done.returncode == 0, f"pip install {DIST} failed:\n{done.stdout}\n{done.stderr}"
-        yield
-    finally:
-        subprocess.run(PIP + ["uninstall", "--yes", DIST], capture_output=True, text=True)
+    # --ignore-installed: whatever ptk (or example) the running Python has is visible in the venv too
+    pip_install(python, "--ignore-installed", "--no-build-isolation", str(wheel), str(src))
+    return venv / "bin" / "ptk"
 
 
-def test_installed_plugins_are_listed_and_run_from_the_console_script(installed_example, cache_dir, data_dir,
-                                                                      tmp_path):
+def test_installed_plugins_are_listed_and_run_from_the_console_script(example_venv, cache_dir, data_dir, tmp_path):
     env = {**os.environ, "PTK_CACHE_DIR": str(cache_dir), "PTK_DATA_DIR": str(data_dir)}
-    listing = subprocess.run([ptk_script(), "plugins"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    listing = subprocess.run([example_venv, "plugins"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
     for kind, name in (("attack", "random-flip"), ("defense", "spectral-signatures")):
@@ -153,7 +136,7 @@ def test_installed_plugins_are_listed_and_run_from_the_console_script(installed_
     assert "BROKEN" not in listing.stdout
 
     out = tmp_path / "run"
-    run = subprocess.run([ptk_script(), "run", "--attack", "random-flip", "--defense", "spectral-signatures",
+    run = subprocess.run([example_venv, "run", "--attack", "random-flip", "--defense", "spectral-signatures",
                           *TINY, "-o", "random-flip.budget=30", "--out", str(out)],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from common import relative_error
 from conftest import TINY, load_results, model_row
 from ptk.network import Network
 from ptk_plugins.influence import adversarial_label, influence_scores, naive_influence_scores, target_gradient
@@ -24,15 +25,6 @@ def small_model():
         for _ in range(3):
             model(x)
     return model.eval(), x, y
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max|a - b| / max|b|: the error on the scale of the scores that decide the ranking.
-
-    (An element-wise ratio is undefined near the scores that cross zero, which
-    carry no ranking weight.)
-    """
-    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
 
 @pytest.mark.parametrize("score", ["loss", "logit"])

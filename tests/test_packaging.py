@@ -1,8 +1,9 @@
 """What `pip install ptk` from PyPI would give: the sdist and wheel `python -m build` makes.
 
-The wheel is installed into a fresh virtual environment (with the host's
-site-packages visible, so torch and friends need no download) and its own
-``ptk`` console script must list every built-in plugin from the wheel.
+The wheel is installed into a fresh virtual environment (that sees the packages
+of the Python running the tests, so torch and friends need no download; see
+``conftest.make_venv``) and its own ``ptk`` console script must list every
+built-in plugin from the wheel.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import tarfile
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import ptk
 
 if sys.version_info >= (3, 11):
@@ -23,25 +22,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from conftest import ROOT
+from conftest import ROOT, make_venv, pip_install
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 BUILTIN_ENTRY_POINTS = PYPROJECT["project"]["entry-points"]["ptk"]
 #: Harmless build chatter: byte-compilation is off when PYTHONDONTWRITEBYTECODE is set.
 BENIGN = ("byte-compiling is disabled",)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory) -> tuple[Path, Path, str]:
-    """sdist, wheel built from that sdist (what `python -m build` does), and the build log."""
-    out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(ROOT)],
-                          capture_output=True, text=True)
-    log = done.stdout + done.stderr
-    assert done.returncode == 0, log
-    (sdist,) = out.glob("*.tar.gz")
-    (wheel,) = out.glob("*.whl")
-    return sdist, wheel, log
 
 
 def test_build_has_no_warnings(built):
@@ -83,12 +69,8 @@ def test_sdist_holds_the_sources_the_wheel_is_built_from(built):
 def test_wheel_in_a_fresh_venv_lists_every_builtin_from_the_wheel(built, tmp_path):
     _, wheel, _ = built
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
-    python = venv / "bin" / "python"
-    # --ignore-installed: the host's own (editable) ptk is visible through the system site-packages
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
-                           "--ignore-installed", "--quiet", str(wheel)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+    python = make_venv(venv)
+    pip_install(python, "--ignore-installed", str(wheel))  # the host's own (editable) ptk is visible there too
 
     where = subprocess.run(
         [str(python), "-c", "import json, ptk, ptk_plugins, importlib.metadata as md; print(json.dumps("

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -182,9 +184,51 @@ def test_defense_check_runs_before_any_training(ptk, tmp_path, with_test_plugins
     assert not (out / "results.json").exists()  # nothing trained, not even the defense listed first
 
 
-def ptk_subprocess(args, env, **kw):
-    return subprocess.Popen([sys.executable, "-m", "ptk", *map(str, args)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+#: Run as ``python -c HOLD_IN_POISONED_TRAINING OUT READY ARGS...``: ``ptk ARGS`` (with ``--out OUT``) that, at
+#: the first training step after OUT/results.json shows the clean model (so: the poisoned model's training),
+#: touches READY and holds there until it is killed or interrupted. A handshake, not a guess at how long the
+#: clean model takes: the signal lands inside that training however busy the machine is.
+HOLD_IN_POISONED_TRAINING = """
+import pathlib, signal, sys, time
+import torch
+from ptk.cli import main
+
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal, even from a background job
+results, ready = pathlib.Path(sys.argv[1]) / "results.json", pathlib.Path(sys.argv[2])
+
+def hold_in_poisoned_training(module, inputs):
+    if module.training and results.exists():
+        ready.touch()
+        time.sleep(3600)
+
+torch.nn.modules.module.register_module_forward_pre_hook(hold_in_poisoned_training)
+sys.argv = ["ptk", *sys.argv[3:]]
+main()
+"""
+
+
+@contextmanager
+def held_in_poisoned_training(args: list, out: Path, env: dict, logs: Path) -> Iterator[subprocess.Popen]:
+    """``ptk ARGS --out OUT`` in a subprocess, once it holds inside the poisoned model's training; its stdout
+    and stderr go to LOGS/stdout, LOGS/stderr (files, not pipes: a full pipe would stall it before the hold).
+    The process is killed on the way out if the test has not ended it."""
+    ready = logs / "ready"
+    with open(logs / "stdout", "w") as stdout, open(logs / "stderr", "w") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", HOLD_IN_POISONED_TRAINING, str(out), str(ready),
+                                 *map(str, args), "--out", str(out)], env=env, stdout=stdout, stderr=stderr)
+    try:
+        deadline = time.monotonic() + 1800  # generous: the clean model trains first, on a possibly busy machine
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"ptk never reached the poisoned model's training (exit {proc.wait()}):\n"
+                            + (logs / "stderr").read_text())
+            time.sleep(0.1)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def no_partial_files(*folders: Path) -> None:
@@ -196,18 +240,15 @@ def no_partial_files(*folders: Path) -> None:
 def test_sigkill_mid_run_then_rerun_resumes_with_identical_results(ptk, tmp_path, data_dir):
     cache, out = tmp_path / "cache", tmp_path / "run"
     env = {**os.environ, "PTK_CACHE_DIR": str(cache), "PTK_DATA_DIR": str(data_dir)}
-    args = ["run", *TINY, "--defense", "none", "--out", out]
-    proc = ptk_subprocess(args, env)
-    deadline = time.time() + 300
-    while not list((cache / "models").glob("*.json")) and time.time() < deadline:  # clean model cached
-        time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
-    time.sleep(1.0)  # now inside the poisoned model's training
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    args = ["run", *TINY, "--defense", "none"]
+    with held_in_poisoned_training(args, out, env, tmp_path) as proc:
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL
     no_partial_files(cache, out)
-    assert len(list((cache / "models").glob("*.pt"))) == 1
-    done = subprocess.run([sys.executable, "-m", "ptk", *map(str, args)], env=env, capture_output=True, text=True)
+    assert len(list((cache / "models").glob("*.pt"))) == 1  # the clean model only
+    assert [m["name"] for m in load_results(out)["models"]] == ["clean"]
+    done = subprocess.run([sys.executable, "-m", "ptk", *map(str, args), "--out", str(out)], env=env,
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     resumed = load_results(out)
     assert model_row(resumed, "clean")["cached"] and not model_row(resumed, "poisoned")["cached"]
@@ -289,16 +330,12 @@ def test_crafted_pickle_in_cache_is_refused_not_executed(tmp_path, caplog):
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path, data_dir):
     env = {**os.environ, "PTK_CACHE_DIR": str(tmp_path / "cache"), "PTK_DATA_DIR": str(data_dir)}
-    proc = ptk_subprocess(["run", *TINY, "--defense", "none", "--out", tmp_path / "run"], env)
-    deadline = time.time() + 300
-    while not (tmp_path / "run" / "results.json").exists() and time.time() < deadline:  # clean model done
-        time.sleep(0.2)
-        assert proc.poll() is None, proc.communicate()
-    time.sleep(1.0)  # inside the poisoned model's training
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    with held_in_poisoned_training(["run", *TINY, "--defense", "none"], tmp_path / "run", env, tmp_path) as proc:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=600) == 130, (tmp_path / "stderr").read_text()
+    err = (tmp_path / "stderr").read_text()
     assert "Interrupted" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err  # one line
     no_partial_files(tmp_path)
 
 
