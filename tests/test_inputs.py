@@ -91,7 +91,7 @@ def test_a_budget_flipping_much_of_its_pool_warns_with_a_scaled_budget(caplog):
     data = Dataset("toy", torch.zeros(100, 1, 2, 2, dtype=torch.uint8), y,
                    torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.arange(4) % 2, ["a", "b"])
     with caplog.at_level(logging.WARNING, logger="ptk"):
-        LabelFlip().check(data, 0, 1, {"budget": 5, "pool": "source"})  # 10%: no warning
+        LabelFlip().check(data, 0, 1, {"budget": 15, "pool": "source"})  # 30%: no warning
     assert caplog.text == ""
     with caplog.at_level(logging.WARNING, logger="ptk"):
         LabelFlip().check(data, 0, 1, {"budget": 25, "pool": "source"})
