@@ -166,7 +166,7 @@ def rates_table(rates: list[Rate]) -> str:
     lines = [head]
     for r in rates:
         lo, hi = r.interval
-        lines.append([", ".join(f"{k}={v}" for k, v in r.setting.items()) or "-", r.model, str(r.n),
+        lines.append([", ".join(f"{k}={v}" for k, v in r.setting.items()) or "all", r.model, str(r.n),
                       f"{r.successes}/{r.n} = {r.rate:.0%}" if r.n else "-", f"{lo:.0%}-{hi:.0%}" if r.n else "-",
                       f"{r.mean_test_accuracy:.2%}" if r.mean_test_accuracy is not None else "-",
                       f"{r.mean_auroc:.3f}" if r.mean_auroc is not None else "-", str(r.failed)])
