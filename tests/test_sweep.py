@@ -176,3 +176,26 @@ def test_target_order_hardest_first_or_seeded_random_among_correct_images():
     assert sorted(random.tolist()) == [0, 2, 3, 4]  # only correctly classified images
     assert random.tolist() == target_order(probs, 0, 1, "random", 5).tolist()  # the seed fixes the draw
     assert len({tuple(target_order(probs, 0, 1, "random", s).tolist()) for s in range(8)}) > 1
+
+
+def test_ctrl_c_exits_130_and_the_cell_in_flight_is_rerun(ptk, tmp_path, monkeypatch):
+    import ptk.experiment as experiment
+
+    monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
+    path, db = tmp_path / "g.toml", tmp_path / "s.db"
+    write_grid(path, "targets = 2\n")
+    real, calls = experiment.run_experiment, []
+
+    def interrupted_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(experiment, "run_experiment", interrupted_second)
+    ptk("sweep", "run", path, "--db", db, expect=130)
+    assert sorted(c["status"] for c in cells(db).values()) == ["complete", "pending"]  # consistent, nothing stuck
+    assert len(rows(db)) == 2  # the finished cell's clean and poisoned rows, none of the interrupted one
+    monkeypatch.setattr(experiment, "run_experiment", real)
+    res = ptk("sweep", "run", path, "--db", db)
+    assert "1 complete, 0 failed, 1 already done" in res.output
