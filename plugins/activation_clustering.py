@@ -30,8 +30,7 @@ import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 
-from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl
-from ptk.options import positive
+from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl, positive
 
 ANALYSES = ("smaller", "relative-size", "distance")
 

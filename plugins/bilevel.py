@@ -23,9 +23,22 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl
-from ptk.options import non_negative, positive
-from ptk.train import Recipe, autocast, epoch_batches, make_optimizer, optimizer_step, training_batch
+from ptk import (
+    Defense,
+    DefenseContext,
+    DefenseResult,
+    Option,
+    Recipe,
+    ThreatModel,
+    autocast,
+    epoch_batches,
+    hookimpl,
+    make_optimizer,
+    non_negative,
+    optimizer_step,
+    positive,
+    training_batch,
+)
 
 
 @dataclass

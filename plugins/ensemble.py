@@ -16,9 +16,17 @@ from typing import Any
 
 import torch
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl
-from ptk.ensembles import EnsemblePredictor, vote_prediction_and_tolerance
-from ptk.options import positive
+from ptk import (
+    Defense,
+    DefenseContext,
+    DefenseResult,
+    EnsemblePredictor,
+    Option,
+    ThreatModel,
+    hookimpl,
+    positive,
+    vote_prediction_and_tolerance,
+)
 
 
 def partition_of(x: torch.Tensor, k: int) -> torch.Tensor:

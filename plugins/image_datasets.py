@@ -13,9 +13,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ptk import DataMissing, Dataset, DatasetSource, Option, UsageError, hookimpl
+from ptk import DataMissing, Dataset, DatasetSource, Option, UsageError, hookimpl, is_tarball, read_image_folder
 from ptk import datastore
-from ptk.readers import is_tarball, read_image_folder
 
 log = logging.getLogger("ptk")
 

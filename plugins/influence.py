@@ -40,8 +40,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl
-from ptk.options import check_removal_count, fraction, non_negative, positive, removal_count
+from ptk import (
+    Dataset,
+    Defense,
+    DefenseContext,
+    DefenseResult,
+    Option,
+    ThreatModel,
+    check_removal_count,
+    fraction,
+    hookimpl,
+    non_negative,
+    positive,
+    removal_count,
+)
 
 Params = dict[str, torch.Tensor]
 #: What is differentiated per training sample: its loss (the study) or minus its own-label logit.

@@ -13,8 +13,7 @@ from typing import Any
 
 import torch
 
-from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl
-from ptk.options import non_negative
+from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, non_negative
 
 
 def pool_indices(labels: torch.Tensor, source: int, target: int, pool: str) -> torch.Tensor:

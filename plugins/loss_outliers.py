@@ -31,8 +31,21 @@ from typing import Any
 
 import torch
 
-from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl
-from ptk.options import check_removal_count, fraction, non_negative, positive, removal_count
+from ptk import (
+    Dataset,
+    Defense,
+    DefenseContext,
+    DefenseResult,
+    Option,
+    ThreatModel,
+    UsageError,
+    check_removal_count,
+    fraction,
+    hookimpl,
+    non_negative,
+    positive,
+    removal_count,
+)
 
 #: 0.6745 = Phi^-1(0.75): makes MAD a consistent estimate of a normal sigma.
 MAD_SCALE = 0.6745

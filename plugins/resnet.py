@@ -13,8 +13,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
-from ptk import ModelSpec, Option, hookimpl
-from ptk.options import positive
+from ptk import ModelSpec, Option, hookimpl, positive
 
 
 class CifarResNet18(ResNet):

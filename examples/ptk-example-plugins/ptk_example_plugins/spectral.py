@@ -23,12 +23,7 @@ from typing import Any
 
 import torch
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl
-
-
-def positive(value: float) -> str | None:
-    """Option check: an error message for a bad value, None for a good one."""
-    return None if value > 0 else f"must be positive, got {value}"
+from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl, positive
 
 
 def spectral_scores(feats: torch.Tensor) -> torch.Tensor:
