@@ -145,7 +145,7 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
 @click.option("--dataset", help="dataset plugin (default cifar10)")
 @click.option("--model", help="model plugin (default resnet18)")
 @click.option("-o", "--option", "assignments", multiple=True, metavar="PLUGIN.KEY=VALUE", help="plugin option")
-@click.option("--preset", type=str, help="study (default: the seed study's CIFAR-10 setup) or quick (digits, ~1 min on CPU)")
+@click.option("--preset", type=str, help="study (default: the seed study's CIFAR-10 setup) or quick (digits, under a minute on a CPU)")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file with the same settings")
 @click.option("--recipe", help="training recipe: study (Adam 1e-4) or fast (SGD Nesterov)")
 @click.option("--epochs", type=int)
