@@ -245,7 +245,7 @@ def test_sigkill_mid_run_then_rerun_resumes_with_identical_results(ptk, tmp_path
         proc.send_signal(signal.SIGKILL)
         assert proc.wait() == -signal.SIGKILL
     no_partial_files(cache, out)
-    assert len(list((cache / "models").glob("*.pt"))) == 1  # the clean model only
+    assert len(list((cache / "models").glob("*.safetensors"))) == 1  # the clean model only
     assert [m["name"] for m in load_results(out)["models"]] == ["clean"]
     done = subprocess.run([sys.executable, "-m", "ptk", *map(str, args), "--out", str(out)], env=env,
                           capture_output=True, text=True)
@@ -321,11 +321,35 @@ def test_crafted_pickle_in_cache_is_refused_not_executed(tmp_path, caplog):
     weights.write_bytes(pickle.dumps(Payload()))
     from ptk.atomic import sha256_file
 
-    meta.write_text(json.dumps({"sha256": sha256_file(weights)}))  # checksum matches: only weights_only stops it
+    meta.write_text(json.dumps({"sha256": sha256_file(weights)}))  # checksum matches: only the format stops it
     assert not cache.load("evil", small_network()[0])
     assert not MARKER.exists()
     assert not weights.exists()
     assert "corrupt" in caplog.text
+
+
+def test_cache_entries_are_pickle_free_and_old_pickled_entries_are_never_read(tmp_path):
+    from ptk.tensorfile import load_tensors, save_tensors
+
+    MARKER.unlink(missing_ok=True)
+    cache = ModelCache(tmp_path)
+    model = small_network()[0]
+    cache.save("k", model, {})
+    weights, _ = cache.paths("k")
+    assert weights.suffix == ".safetensors" and b"torch._utils" not in weights.read_bytes()
+    # every dtype a state dict holds survives, bf16 and 0-dim counters included
+    tensors = {"w": torch.randn(3, 4), "h": torch.randn(2).to(torch.bfloat16), "n": torch.tensor(7),
+               "mask": torch.tensor([True, False]), "empty": torch.zeros(0, 5)}
+    save_tensors(tmp_path / "t.safetensors", tensors)
+    back = load_tensors(tmp_path / "t.safetensors")
+    assert all(torch.equal(back[k], v) and back[k].dtype == v.dtype for k, v in tensors.items())
+    # an earlier version's pickled entry beside the key is ignored, never unpickled
+    old = weights.with_suffix(".pt")
+    old.write_bytes(pickle.dumps(Payload()))
+    assert cache.load("k", small_network(seed=3)[0])  # the safetensors entry loads
+    weights.unlink()
+    assert not cache.load("k", small_network()[0])  # only the old .pt is left: a miss
+    assert not MARKER.exists() and old.exists()
 
 
 def test_ctrl_c_exits_130_with_one_line(tmp_path, data_dir):

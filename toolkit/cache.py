@@ -7,8 +7,9 @@ model is identified by its code, not just its name: the model plugin's
 distribution and version and the sha256 of the source of the modules defining
 its ModelSpec and network classes (:func:`code_identity`), so editing a model
 plugin retrains instead of loading weights of the old architecture.
-Entries are state dicts loaded with ``weights_only=True`` (no arbitrary
-unpickling) and verified against a sha256 recorded beside them; a corrupt
+Entries are state dicts in the safetensors layout (:mod:`ptk.tensorfile`: no
+pickle, so a crafted file cannot run code; entries of earlier versions, pickled
+``.pt`` files, are never read) verified against a sha256 recorded beside them; a corrupt
 entry is reported, deleted and recomputed, never loaded.
 """
 
@@ -26,6 +27,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path, sha256_file, write_json
+from .tensorfile import load_tensors, save_tensors
 
 log = logging.getLogger("ptk")
 
@@ -88,7 +90,8 @@ class ModelCache:
 
     def paths(self, key: str) -> tuple[Path, Path]:
         assert self.root is not None
-        return self.root / f"{key}.pt", self.root / f"{key}.json"
+        # safetensors layout, never a pickle; entries of earlier versions (.pt) are never read
+        return self.root / f"{key}.safetensors", self.root / f"{key}.json"
 
     def load(self, key: str, model: nn.Module) -> bool:
         """Fill ``model`` from the cache; False if absent or corrupt (a corrupt entry is deleted)."""
@@ -101,8 +104,7 @@ class ModelCache:
             expected = json.loads(meta.read_text())["sha256"]
             if sha256_file(weights) != expected:
                 raise ValueError("checksum mismatch")
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
+            model.load_state_dict(load_tensors(weights))
         except Exception as exc:  # corrupt, truncated, tampered or foreign file
             why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]  # torch's refusals run to pages
             log.warning("ptk: cache entry %s is corrupt (%s); removed, retraining", weights.name, why)
@@ -119,7 +121,7 @@ class ModelCache:
         weights, meta = self.paths(key)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         with atomic_path(weights) as tmp:
-            torch.save(state, tmp)
+            save_tensors(tmp, state)
             digest = sha256_file(tmp)
         write_json(meta, {"sha256": digest, **info})
 
