@@ -14,7 +14,6 @@ import torch
 import ptk
 from conftest import TINY, load_results, model_row
 from ptk.cli import build_config
-from ptk.config import ExperimentConfig
 from ptk.data import Dataset
 from ptk.registry import load_registry
 from ptk_plugins.labelflip import LabelFlip
@@ -156,3 +155,18 @@ def test_plugins_command_shows_which_defenses_know_the_budget(ptk):
     listed = json.loads(ptk("plugins", "--json").output)
     threats = {d["name"]: d["threat_model"] for d in listed["plugins"] if d["kind"] == "defense"}
     assert threats and all(t["knows_budget"] is False for t in threats.values())  # no built-in is told it
+
+
+def test_a_decompression_bomb_image_is_a_usage_error_naming_the_file(monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from ptk.options import UsageError
+    from ptk.readers import decode_image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 4,096 pixels is then over twice the limit: a "bomb"
+    with pytest.raises(UsageError, match=r"cannot read image train/cat/big.png: .*decompression-bomb"):
+        decode_image(buf.getvalue(), "train/cat/big.png")

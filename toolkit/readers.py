@@ -382,6 +382,9 @@ def decode_image(data: bytes | memoryview, shown: str) -> np.ndarray:
     except UnidentifiedImageError:
         raise UsageError(f"cannot read image {shown}: not an image format Pillow knows; remove or replace "
                          f"that file") from None
+    except Image.DecompressionBombError as exc:  # a tiny file that would decode to gigabytes
+        raise UsageError(f"cannot read image {shown}: {str(exc).splitlines()[0]} (Pillow's decompression-bomb "
+                         "guard); remove or replace that file") from None
     except (OSError, ValueError, SyntaxError) as exc:  # a known format, but damaged or truncated
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise UsageError(f"cannot read image {shown}: {reason}; remove or replace that file") from None
