@@ -76,9 +76,9 @@ def robust_zscores(losses: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return z
 
 
-def zscore_outliers(losses: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Sorted indices whose per-class robust z-score exceeds ``threshold`` (high losses only)."""
-    return (robust_zscores(losses, labels) > threshold).nonzero().squeeze(1)
+def zscore_outliers(z: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Sorted indices whose robust z-score (:func:`robust_zscores`) exceeds ``threshold`` (high losses only)."""
+    return (z > threshold).nonzero().squeeze(1)
 
 
 def topk_outliers(losses: torch.Tensor, k: int) -> torch.Tensor:
@@ -119,7 +119,7 @@ class LossOutliers(Defense):
         else:
             threshold = options["threshold"]
             scores = robust_zscores(losses, y)
-            removed = (scores > threshold).nonzero().squeeze(1)  # at most half of each class: z > 0 is above the median
+            removed = zscore_outliers(scores, threshold)  # at most half of each class: z > 0 is above the median
             details.update(threshold=threshold,
                            why=f"robust z-score (median/MAD of its labelled class) above {threshold}")
         classes = ctx.data.classes

@@ -17,9 +17,9 @@ def test_zscore_is_median_mad_within_each_labelled_class():
     expected = 0.6745 * torch.tensor([-2.0, -1.0, 0.0, 1.0, 97.0, -2.0, -1.0, 0.0, 1.0, 2.0])
     assert torch.allclose(z, expected.double())
     # 70 is far above class 0's losses but typical of class 1: only the class-0 outlier goes
-    assert zscore_outliers(losses, labels, 3.5).tolist() == [4]
+    assert zscore_outliers(robust_zscores(losses, labels), 3.5).tolist() == [4]
     # one-sided: an unusually *low* loss is never removed
-    assert zscore_outliers(-losses, labels, 3.5).tolist() == []
+    assert zscore_outliers(robust_zscores(-losses, labels), 3.5).tolist() == []
 
 
 def test_zscore_uses_midpoint_median_and_interleaved_classes():
@@ -36,7 +36,7 @@ def test_zscore_falls_back_to_mean_absolute_deviation_when_mad_is_zero():
     z = robust_zscores(losses, labels)
     # class 0: median 0, MAD 0, mean |dev| = 5/6 -> z(5) = 5 / (1.2533 * 5/6)
     assert z[5].item() == pytest.approx(5 / (1.2533 * 5 / 6))
-    assert zscore_outliers(losses, labels, 3.5).tolist() == [5]
+    assert zscore_outliers(robust_zscores(losses, labels), 3.5).tolist() == [5]
     # class 1: every loss equal, nothing is an outlier (no division by zero)
     assert z[6:].tolist() == [0.0, 0.0, 0.0]
 

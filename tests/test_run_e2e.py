@@ -15,7 +15,10 @@ from conftest import TINY, load_results, model_row
 
 def test_labelflip_then_ensemble_end_to_end(ptk, tmp_path):
     out = tmp_path / "run"
-    res = ptk("run", "--attack", "labelflip", "--defense", "ensemble", *TINY, "-o", "ensemble.k=3", "--out", out)
+    # 6 epochs, not TINY's 5: after 5 the models are still noisy enough that the poisoned one's accuracy
+    # depends on the CPU's kernels (0.41 on an AVX-512 machine, above 0.6 on AVX2); after 6 it is 0.76 here
+    res = ptk("run", "--attack", "labelflip", "--defense", "ensemble", *TINY, "--epochs", "6", "-o", "ensemble.k=3",
+              "--out", out)
     r = load_results(out)
     assert r["status"] == "complete"
     assert [m["name"] for m in r["models"]] == ["clean", "poisoned", "ensemble"]
@@ -25,9 +28,7 @@ def test_labelflip_then_ensemble_end_to_end(ptk, tmp_path):
     assert poisoned["target_probs"][tgt] > clean["target_probs"][tgt] + 0.3
     assert clean["target_pred"] == src and poisoned["attack_success"]
     assert len(r["attack"]["poison_indices"]) == 30
-    # working classifiers (chance: 0.1). Five epochs leave the models noisy: on an AVX-512 CPU the
-    # poisoned model measured 0.41 where an AVX2 one gave over 0.6, so only the clean bound is tight.
-    assert clean["test_accuracy"] > 0.6 and poisoned["test_accuracy"] > 0.3
+    assert clean["test_accuracy"] > 0.6 and poisoned["test_accuracy"] > 0.6
     assert ens["test_accuracy"] > 0.2  # 3 members of ~270 images each: weak, but far above chance (0.1)
     for m in r["models"]:
         assert abs(sum(m["target_probs"].values()) - 1) < 1e-3

@@ -116,7 +116,7 @@ def type_problem(value: Any, hint: Any) -> str | None:
     if origin is list:
         if not isinstance(value, list):
             return "must be a list"
-        bad = next((v for v in value if type_problem(v, args[0]) if args), None)
+        bad = next((v for v in value if args and type_problem(v, args[0])), None)
         return f"must be a list of {args[0].__name__}s ({bad!r} is not)" if bad is not None else None
     if origin is dict:
         return None if isinstance(value, dict) else "must be a table"

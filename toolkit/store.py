@@ -14,6 +14,7 @@ import json
 import socket
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -100,8 +101,9 @@ class Store:
         self.db.execute("UPDATE cells SET status='failed', error=?, finished=?, seconds=? WHERE cell_id=?",
                         (error, now(), round(seconds, 3), cell_id))
 
-    def finish(self, cell_id: str, results: dict[str, Any], seconds: float) -> None:
-        """The cell's model rows and its final status, in one transaction."""
+    def finish(self, cell_id: str, results: dict[str, Any], seconds: float) -> str:
+        """The cell's model rows and its final status (returned: complete, or failed if a defense failed),
+        in one transaction."""
         rows = list(model_rows(cell_id, results))
         status = "complete" if results.get("status") == "complete" else "failed"
         failed = [m["name"] for m in results.get("models", []) if m.get("failed")]
@@ -113,9 +115,18 @@ class Store:
             self.db.execute("UPDATE cells SET status=?, error=?, finished=?, seconds=?, versions=? WHERE cell_id=?",
                             (status, error, now(), round(seconds, 3), json.dumps(results.get("versions", {})),
                              cell_id))
+        return status
 
-    def transaction(self):
-        return _Transaction(self.db)
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One write transaction: all of it lands, or (on any exception) none of it."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def models(self) -> Iterator[dict[str, Any]]:
         """Every model row of finished cells, with the cell's grid values (for reports)."""
@@ -124,17 +135,6 @@ class Store:
         names = [d[0] for d in cur.description]
         for values in cur:
             yield dict(zip(names, values))
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, *_: Any) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
 
 
 MODEL_COLUMNS = ("cell_id", "name", "seed", "attack", "budget", "target_index", "source_class", "target_class",

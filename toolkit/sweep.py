@@ -16,12 +16,15 @@ import hashlib
 import itertools
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .atomic import write_json
 from .config import ExperimentConfig, load_toml, merge
 from .options import UsageError
+from .train import progress
 
 #: ExperimentConfig fields a grid may vary; anything with a dot is a plugin option (``labelflip.budget``).
 RUN_KEYS = {"dataset", "model", "attack", "defenses", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
@@ -35,6 +38,15 @@ class Cell:
     id: str
     config: ExperimentConfig
     values: dict[str, Any]
+
+    @property
+    def label(self) -> str:
+        """The grid values that make this cell, as messages name it: ``seed=1, target_rank=2``."""
+        return settings_label(self.values)
+
+
+def settings_label(values: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def cell_id(config: ExperimentConfig) -> str:
@@ -96,8 +108,7 @@ def expand(base: dict[str, Any], grid: dict[str, list[Any]], where: str) -> list
                 else:
                     settings[key] = value
             settings = merge(settings, {"options": options, **target})
-            label = ", ".join(f"{k}={v}" for k, v in {**values, **target}.items())
-            config = ExperimentConfig.from_dict(settings, where=f"{where} (cell {label})")
+            config = ExperimentConfig.from_dict(settings, where=f"{where} (cell {settings_label({**values, **target})})")
             cell = Cell(cell_id(config), config, {**values, **target})
             cells.setdefault(cell.id, cell)
     return list(cells.values())
@@ -166,7 +177,7 @@ def rates_table(rates: list[Rate]) -> str:
     lines = [head]
     for r in rates:
         lo, hi = r.interval
-        lines.append([", ".join(f"{k}={v}" for k, v in r.setting.items()) or "all", r.model, str(r.n),
+        lines.append([settings_label(r.setting) or "all", r.model, str(r.n),
                       f"{r.successes}/{r.n} = {r.rate:.0%}" if r.n else "-", f"{lo:.0%}-{hi:.0%}" if r.n else "-",
                       f"{r.mean_test_accuracy:.2%}" if r.mean_test_accuracy is not None else "-",
                       f"{r.mean_auroc:.3f}" if r.mean_auroc is not None else "-", str(r.failed)])
@@ -181,7 +192,6 @@ def check_cells(cells: list[Cell], registry, data_root: Path | None) -> None:
 
     loaded: dict[str, Any] = {}
     for cell in cells:
-        label = ", ".join(f"{k}={v}" for k, v in cell.values.items())
         try:
             p = plan(cell.config, registry)
             c = cell.config
@@ -191,44 +201,39 @@ def check_cells(cells: list[Cell], registry, data_root: Path | None) -> None:
                 loaded[key] = load_data(p, data_root)
             check_against_data(p, loaded[key])
         except UsageError as exc:
-            raise UsageError(f"cell {label}: {exc}") from None
+            raise UsageError(f"cell {cell.label}: {exc}") from None
 
 
 def run_cells(cells: list[Cell], store, registry, data_root: Path | None, cache_root: Path | None,
-              results_dir: Path | None, device_name: str, echo) -> dict[str, int]:
+              results_dir: Path, device_name: str, echo) -> dict[str, int]:
     """Run the cells not yet complete, one after another in this process (the local executor).
 
     Each cell is recorded as running, then complete with its model rows (one
     transaction) or failed with its error; the sweep goes on after a failed
     cell. Ctrl-C puts the cell in flight back to pending and re-raises.
     """
-    import time as _time
-
-    from .atomic import write_json
     from .experiment import run_experiment
-    from .train import progress
 
     done = store.status()
     todo = [c for c in cells if done.get(c.id) != "complete"]
     counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "complete": 0, "failed": 0}
     for i, cell in enumerate(progress(todo, desc="sweep cells", total=len(todo))):
-        label = ", ".join(f"{k}={v}" for k, v in cell.values.items())
         store.start(cell.id, device_name)
-        start = _time.perf_counter()
-        save = (lambda r, path=results_dir / f"{cell.id}.json": write_json(path, r)) if results_dir else (lambda r: None)
+        start = time.perf_counter()
+        kept = results_dir / f"{cell.id}.json"
         try:
-            results = run_experiment(cell.config, registry, save=save, data_root=data_root, cache_root=cache_root)
+            results = run_experiment(cell.config, registry, save=lambda r: write_json(kept, r), data_root=data_root,
+                                     cache_root=cache_root)
         except KeyboardInterrupt:
             store.release(cell.id)
             raise
         except Exception as exc:  # a cell that raises is recorded and the sweep goes on
-            store.fail(cell.id, f"{type(exc).__name__}: {exc}", _time.perf_counter() - start)
+            store.fail(cell.id, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
             counts["failed"] += 1
-            echo(f"cell {i + 1}/{len(todo)} ({label}) failed: {type(exc).__name__}: {exc}")
+            echo(f"cell {i + 1}/{len(todo)} ({cell.label}) failed: {type(exc).__name__}: {exc}")
             continue
-        seconds = _time.perf_counter() - start
-        store.finish(cell.id, results, seconds)
-        status = "complete" if results["status"] == "complete" else "failed"
+        seconds = time.perf_counter() - start
+        status = store.finish(cell.id, results, seconds)
         counts[status] += 1
-        echo(f"cell {i + 1}/{len(todo)} ({label}): {status} in {seconds:.1f} s")
+        echo(f"cell {i + 1}/{len(todo)} ({cell.label}): {status} in {seconds:.1f} s")
     return counts

@@ -12,6 +12,7 @@ each reads the other's files.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -68,10 +69,7 @@ def load_tensors(path: Path | str) -> dict[str, torch.Tensor]:
             dtype, shape, (start, end) = DTYPES[info["dtype"]], [int(d) for d in info["shape"]], info["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise ValueError(f"tensor {name!r}: malformed entry {info!r}") from None
-        count = 1
-        for d in shape:
-            count *= d
-        nbytes = count * torch.empty((), dtype=dtype).element_size()
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
         if not (0 <= start <= end <= len(body)) or end - start != nbytes or min(shape, default=0) < 0:
             raise ValueError(f"tensor {name!r}: byte range {start}..{end} does not fit shape {shape} of {dtype}")
         flat = torch.frombuffer(bytearray(body[start:end]), dtype=torch.uint8) if nbytes else torch.empty(0,
