@@ -10,7 +10,8 @@ import pytest
 import ptk
 from ptk.config import PRESETS
 from ptk.registry import load_registry
-from ptk.sweep import expand, read_grid, success_rates, wilson_interval
+from ptk.rates import success_rates, wilson_interval
+from ptk.sweep import expand, read_grid
 
 #: Small enough for CI: 800 digits, width 8, 2 epochs (each model trains in a few seconds on 2 cores).
 GRID_HEAD = """preset = "quick"

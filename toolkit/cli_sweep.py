@@ -14,27 +14,47 @@ def sweep() -> None:
     """Grids of runs (attacks x defenses x targets x seeds x options) in one record store."""
 
 
+def open_store(db: Path):
+    from .store import Store
+
+    if not db.exists():
+        raise UsageError(f"record store {db} does not exist; `ptk sweep run GRID.toml` makes one")
+    return Store(db)
+
+
 @sweep.command("run")
 @click.argument("grid_file", type=click.Path(path_type=Path))
 @click.option("--db", type=click.Path(path_type=Path), help="record store (default runs/<grid name>/sweep.db)")
-@click.option("--executor", type=click.Choice(["local"]), default="local", show_default=True,
-              help="local: cells one after another in this process, sharing the model cache")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: cells one after another in this process, sharing the model cache; "
+                   "ray: each cell a Ray task (pip install 'ptk[ray]')")
+@click.option("--ray-address", help="Ray cluster to join (or $RAY_ADDRESS); default: a local cluster on this machine")
+@click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="ray: CPUs each cell asks for (also its torch thread count)")
+@click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=None,
+              help="ray: GPUs each cell asks for; fractions pack cells on one GPU (0.25: four per GPU). "
+                   "Default: 1 where the cluster has GPUs, else 0")
+@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="ray: times a cell is rerun when its worker dies (an exception in the cell is not retried)")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="ptk data directory (or $PTK_DATA_DIR)")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="model cache directory (or $PTK_CACHE_DIR)")
-def run_sweep(grid_file: Path, db: Path | None, executor: str, data_dir: Path | None, cache_dir: Path | None) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="show every model's training progress, not only the cells'")
+def run_sweep(grid_file: Path, db: Path | None, executor: str, ray_address: str | None, cpus_per_cell: float,
+              gpus_per_cell: float | None, max_retries: int, data_dir: Path | None, cache_dir: Path | None,
+              verbose: bool) -> None:
     """Run every cell of GRID_FILE not yet finished in the store; rerun to resume.
 
     GRID_FILE is a --config TOML file plus a [grid] table of lists, e.g.
     [grid] seed = [0, 1], targets = 5, "labelflip.budget" = [10, 50].
     """
-    import torch
-
     from .config import PRESETS
-    from .experiment import pick_device
+    from .executors import RaySettings, Recorder, device_label, run_local, run_ray
     from .paths import cache_dir as resolve_cache
+    from .rates import rates_table, success_rates
     from .registry import load_registry
     from .store import Store
-    from .sweep import check_cells, expand, rates_table, read_grid, run_cells, success_rates
+    from .sweep import check_cells, expand, read_grid
+    from .train import inner_progress
 
     if not grid_file.exists():
         raise UsageError(f"grid file {grid_file} does not exist")
@@ -43,35 +63,65 @@ def run_sweep(grid_file: Path, db: Path | None, executor: str, data_dir: Path | 
     registry = load_registry()
     check_cells(cells, registry, data_dir)
     db = db or Path("runs") / grid_file.stem / "sweep.db"
+    # resolved here, so a Ray worker on another node gets the driver's paths (on a shared filesystem)
+    cache_root = resolve_cache(cache_dir)
     store = Store(db)
     try:
         for cell in cells:
             store.add_cell(cell.id, cell.config.to_dict(), cell.values)
-        device = pick_device(cells[0].config.device)
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-        click.echo(f"sweep {grid_file}: {len(cells)} cells into {db}", err=True)
-        counts = run_cells(cells, store, registry, data_dir, resolve_cache(cache_dir), db.parent / "cells", name,
-                           lambda line: click.echo(line, err=True))
+        done = store.status()
+        todo = [c for c in cells if done.get(c.id) != "complete"]
+        click.echo(f"sweep {grid_file}: {len(cells)} cells ({len(todo)} to run) into {db}, executor {executor}",
+                   err=True)
+        recorder = Recorder(store, db.parent / "cells", len(todo), len(cells) - len(todo),
+                            lambda line: click.echo(line, err=True))
+        with inner_progress(verbose):
+            if executor == "ray":
+                run_ray(todo, recorder, RaySettings(ray_address, cpus_per_cell, gpus_per_cell, max_retries, verbose),
+                        data_dir, cache_root)
+            else:
+                run_local(todo, recorder, registry, data_dir, cache_root, device_label(base.get("device", "auto")))
         click.echo(rates_table(success_rates(store.models())))
     finally:
         store.close()
+    counts = recorder.counts
     click.echo(f"\n{counts['complete']} complete, {counts['failed']} failed, {counts['skipped']} already done; "
-               f"store: {db}")
+               f"store: {db}; `ptk sweep report {db}` writes the report and plots")
     if counts["failed"]:
         click.get_current_context().exit(1)
 
 
 @sweep.command("report")
 @click.argument("db", type=click.Path(path_type=Path))
-def report(db: Path) -> None:
-    """Attack success rate (95% Wilson interval), mean accuracy and AUROC per setting and model."""
-    from .store import Store
-    from .sweep import rates_table, success_rates
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False),
+              help="folder for report.md, rates.csv, rates.json and the plots (default: the store's folder)")
+def report(db: Path, out: Path | None) -> None:
+    """Attack success rate (95% Wilson interval), accuracy and its drop, removal quality and cost per
+    setting and model; writes report.md, rates.csv, rates.json and two plots."""
+    from .rates import rates_table, success_rates, write_sweep_report
 
-    if not db.exists():
-        raise UsageError(f"record store {db} does not exist; `ptk sweep run GRID.toml` makes one")
-    store = Store(db)
+    store = open_store(db)
     try:
-        click.echo(rates_table(success_rates(store.models())))
+        rates, counts = success_rates(store.models()), store.counts()
     finally:
         store.close()
+    out = out or db.parent
+    out.mkdir(parents=True, exist_ok=True)
+    written = write_sweep_report(out, rates, counts)
+    click.echo(rates_table(rates))
+    click.echo("\nwrote " + ", ".join(str(p) for p in written))
+
+
+@sweep.command("status")
+@click.argument("db", type=click.Path(path_type=Path))
+def status(db: Path) -> None:
+    """Counts of pending, running, complete and failed cells, and the errors of failed ones."""
+    store = open_store(db)
+    try:
+        counts = store.counts()
+        errors = store.db.execute("SELECT grid_values, error FROM cells WHERE status='failed'").fetchall()
+    finally:
+        store.close()
+    click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+    for values, error in errors:
+        click.echo(f"failed {values}: {error}")

@@ -97,13 +97,23 @@ class Store:
         self.db.execute("UPDATE cells SET status='pending', started=NULL WHERE cell_id=? AND status='running'",
                         (cell_id,))
 
-    def fail(self, cell_id: str, error: str, seconds: float) -> None:
-        self.db.execute("UPDATE cells SET status='failed', error=?, finished=?, seconds=? WHERE cell_id=?",
-                        (error, now(), round(seconds, 3), cell_id))
+    def counts(self) -> dict[str, int]:
+        """How many cells are pending, running, complete and failed (``ptk sweep status``)."""
+        out = {s: 0 for s in ("pending", "running", "complete", "failed")}
+        out.update(dict(self.db.execute("SELECT status, COUNT(*) FROM cells GROUP BY status")))
+        return out
 
-    def finish(self, cell_id: str, results: dict[str, Any], seconds: float) -> str:
+    def fail(self, cell_id: str, error: str, seconds: float, host: str | None = None,
+             device: str | None = None) -> None:
+        """A cell whose run raised: its error, and where it ran (a Ray worker's host, not the driver's)."""
+        self.db.execute("UPDATE cells SET status='failed', error=?, finished=?, seconds=?, host=COALESCE(?, host), "
+                        "device=COALESCE(?, device) WHERE cell_id=?",
+                        (error, now(), round(seconds, 3), host, device, cell_id))
+
+    def finish(self, cell_id: str, results: dict[str, Any], seconds: float, host: str | None = None,
+               device: str | None = None) -> str:
         """The cell's model rows and its final status (returned: complete, or failed if a defense failed),
-        in one transaction."""
+        in one transaction; ``host`` and ``device`` say where it ran when that was not the driver."""
         rows = list(model_rows(cell_id, results))
         status = "complete" if results.get("status") == "complete" else "failed"
         failed = [m["name"] for m in results.get("models", []) if m.get("failed")]
@@ -112,9 +122,10 @@ class Store:
             self.db.execute("DELETE FROM models WHERE cell_id=?", (cell_id,))
             self.db.executemany(f"INSERT INTO models ({', '.join(MODEL_COLUMNS)}) VALUES "
                                 f"({', '.join('?' * len(MODEL_COLUMNS))})", rows)
-            self.db.execute("UPDATE cells SET status=?, error=?, finished=?, seconds=?, versions=? WHERE cell_id=?",
+            self.db.execute("UPDATE cells SET status=?, error=?, finished=?, seconds=?, versions=?, "
+                            "host=COALESCE(?, host), device=COALESCE(?, device) WHERE cell_id=?",
                             (status, error, now(), round(seconds, 3), json.dumps(results.get("versions", {})),
-                             cell_id))
+                             host, device, cell_id))
         return status
 
     @contextmanager

@@ -15,16 +15,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from .atomic import write_json
 from .config import ExperimentConfig, load_toml, merge
 from .options import UsageError
-from .train import progress
+from .rates import settings_label
 
 #: ExperimentConfig fields a grid may vary; anything with a dot is a plugin option (``labelflip.budget``).
 RUN_KEYS = {"dataset", "model", "attack", "defenses", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
@@ -43,10 +40,6 @@ class Cell:
     def label(self) -> str:
         """The grid values that make this cell, as messages name it: ``seed=1, target_rank=2``."""
         return settings_label(self.values)
-
-
-def settings_label(values: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def cell_id(config: ExperimentConfig) -> str:
@@ -114,77 +107,6 @@ def expand(base: dict[str, Any], grid: dict[str, list[Any]], where: str) -> list
     return list(cells.values())
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate: honest at small n and at rates of 0 or 1,
-    where the normal approximation gives intervals outside [0, 1] or of width zero."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-#: Grid values that are repetitions of one setting, not settings: rates are taken over them.
-REPEATS = {"seed", "target_rank", "target_index"}
-
-
-@dataclass
-class Rate:
-    """How often a model (clean, poisoned, a defense) of one setting ended with the target misclassified."""
-
-    setting: dict[str, Any]
-    model: str
-    n: int
-    successes: int
-    failed: int
-    mean_test_accuracy: float | None
-    mean_auroc: float | None
-
-    @property
-    def rate(self) -> float | None:
-        return self.successes / self.n if self.n else None
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        return wilson_interval(self.successes, self.n)
-
-
-def success_rates(rows: Iterable[dict[str, Any]]) -> list[Rate]:
-    """Attack success rate per (setting, model) over seeds and targets, with failed models counted apart."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    settings: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        setting = {k: v for k, v in json.loads(row["grid_values"]).items() if k not in REPEATS}
-        key = json.dumps(setting, sort_keys=True)
-        settings[key] = setting
-        groups.setdefault((key, row["name"]), []).append(row)
-    out = []
-    for (key, model), members in groups.items():
-        ok = [m for m in members if not m["failed"]]
-        accs = [m["test_accuracy"] for m in ok if m["test_accuracy"] is not None]
-        aucs = [m["suspicion_auroc"] for m in ok if m["suspicion_auroc"] is not None]
-        out.append(Rate(settings[key], model, len(ok), sum(int(m["attack_success"] or 0) for m in ok),
-                        len(members) - len(ok), sum(accs) / len(accs) if accs else None,
-                        sum(aucs) / len(aucs) if aucs else None))
-    order = {"clean": 0, "poisoned": 1}
-    return sorted(out, key=lambda r: (json.dumps(r.setting, sort_keys=True), order.get(r.model, 2), r.model))
-
-
-def rates_table(rates: list[Rate]) -> str:
-    """The rates as a plain-text table (the CLI prints it; docs paste it)."""
-    head = ["setting", "model", "n", "attack success", "95% CI", "mean test acc", "mean AUROC", "failed"]
-    lines = [head]
-    for r in rates:
-        lo, hi = r.interval
-        lines.append([settings_label(r.setting) or "all", r.model, str(r.n),
-                      f"{r.successes}/{r.n} = {r.rate:.0%}" if r.n else "-", f"{lo:.0%}-{hi:.0%}" if r.n else "-",
-                      f"{r.mean_test_accuracy:.2%}" if r.mean_test_accuracy is not None else "-",
-                      f"{r.mean_auroc:.3f}" if r.mean_auroc is not None else "-", str(r.failed)])
-    width = [max(len(row[i]) for row in lines) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, width)).rstrip() for row in lines)
-
-
 def check_cells(cells: list[Cell], registry, data_root: Path | None) -> None:
     """Every cell planned and checked against its data as `ptk run` would, before the first training:
     a bad cell is refused naming the cell. Data are loaded once per distinct data setting."""
@@ -202,38 +124,3 @@ def check_cells(cells: list[Cell], registry, data_root: Path | None) -> None:
             check_against_data(p, loaded[key])
         except UsageError as exc:
             raise UsageError(f"cell {cell.label}: {exc}") from None
-
-
-def run_cells(cells: list[Cell], store, registry, data_root: Path | None, cache_root: Path | None,
-              results_dir: Path, device_name: str, echo) -> dict[str, int]:
-    """Run the cells not yet complete, one after another in this process (the local executor).
-
-    Each cell is recorded as running, then complete with its model rows (one
-    transaction) or failed with its error; the sweep goes on after a failed
-    cell. Ctrl-C puts the cell in flight back to pending and re-raises.
-    """
-    from .experiment import run_experiment
-
-    done = store.status()
-    todo = [c for c in cells if done.get(c.id) != "complete"]
-    counts = {"cells": len(cells), "skipped": len(cells) - len(todo), "complete": 0, "failed": 0}
-    for i, cell in enumerate(progress(todo, desc="sweep cells", total=len(todo))):
-        store.start(cell.id, device_name)
-        start = time.perf_counter()
-        kept = results_dir / f"{cell.id}.json"
-        try:
-            results = run_experiment(cell.config, registry, save=lambda r: write_json(kept, r), data_root=data_root,
-                                     cache_root=cache_root)
-        except KeyboardInterrupt:
-            store.release(cell.id)
-            raise
-        except Exception as exc:  # a cell that raises is recorded and the sweep goes on
-            store.fail(cell.id, f"{type(exc).__name__}: {exc}", time.perf_counter() - start)
-            counts["failed"] += 1
-            echo(f"cell {i + 1}/{len(todo)} ({cell.label}) failed: {type(exc).__name__}: {exc}")
-            continue
-        seconds = time.perf_counter() - start
-        status = store.finish(cell.id, results, seconds)
-        counts[status] += 1
-        echo(f"cell {i + 1}/{len(todo)} ({cell.label}): {status} in {seconds:.1f} s")
-    return counts

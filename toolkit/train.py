@@ -11,6 +11,7 @@ import logging
 import math
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator, TypeVar
 
@@ -62,6 +63,21 @@ def stderr_is_terminal() -> bool:
     return bool(callable(isatty) and isatty())
 
 
+#: Off while a sweep runs (unless ``-v``): its one bar over cells replaces every model's bar and line.
+INNER_PROGRESS = {"enabled": True}
+
+
+@contextmanager
+def inner_progress(enabled: bool) -> Iterator[None]:
+    """Turn the per-model bars and lines on or off for the duration (a sweep's ``-v``)."""
+    before = INNER_PROGRESS["enabled"]
+    INNER_PROGRESS["enabled"] = enabled
+    try:
+        yield
+    finally:
+        INNER_PROGRESS["enabled"] = before
+
+
 def progress_line(message: str) -> None:
     """Log ``ptk: message`` (INFO, logger ``ptk``) when stderr is not a terminal.
 
@@ -69,15 +85,18 @@ def progress_line(message: str) -> None:
     lines it would print nothing for as long as a model trains (minutes to
     hours). Called once per model, never per batch; on a terminal the bar says it.
     """
-    if not stderr_is_terminal():
+    if INNER_PROGRESS["enabled"] and not stderr_is_terminal():
         log.info("ptk: %s", message)
 
 
-def progress(items: Iterable[T], desc: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """A tqdm bar on stderr when it is a terminal; silent in logs and tests (see :func:`progress_line`)."""
+def progress(items: Iterable[T], desc: str, total: int | None = None, enabled: bool = True,
+             outer: bool = False) -> Iterator[T]:
+    """A tqdm bar on stderr when it is a terminal; silent in logs and tests (see :func:`progress_line`).
+    ``outer`` bars (a sweep's bar over cells) stay on when the inner ones are turned off."""
     from tqdm.auto import tqdm
 
-    return iter(tqdm(items, desc=desc, total=total, leave=False, disable=None if enabled else True))
+    enabled = enabled and (outer or INNER_PROGRESS["enabled"])
+    return iter(tqdm(items, desc=desc, total=total, leave=outer, disable=None if enabled else True))
 
 
 def autocast(device: torch.device):
