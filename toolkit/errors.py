@@ -17,6 +17,10 @@ class DataMissing(Exception):
     """Raised by a data set plugin when its files are not there; the message says how to get them."""
 
 
+class DataCorrupt(DataMissing):
+    """A stored data set failed its checksum; it has been removed and must be imported again."""
+
+
 class ThreatModelViolation(Exception):
     """A defense read something its declared threat model says it does not know."""
 
