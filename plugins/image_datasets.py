@@ -1,20 +1,23 @@
 """Dataset plugins ``cifar10``, ``fashion-mnist`` and ``imagefolder``.
 
-All three read decoded uint8 arrays from ptk's data directory (see
-:mod:`ptk.datastore`); none decodes images on a second run. When data is
-absent they raise :class:`ptk.DataMissing` naming where they looked and the
-command that fixes it, before any training starts.
+All three read decoded uint8 arrays from ptk's data directory (through
+:func:`ptk.stored_datasets` and :func:`ptk.imagefolder_cache`); none decodes
+images on a second run. When data is absent they raise :class:`ptk.DataMissing`
+naming where they looked and the command that fixes it, before any training
+starts. They use only ``ptk``'s public API, as a third-party data set would.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ptk import DataMissing, Dataset, DatasetSource, Option, UsageError, hookimpl, is_tarball, read_image_folder
-from ptk import datastore
+from ptk import (DEBIAN_FASHION_MNIST, DataCorrupt, DataMissing, Dataset, DatasetSource, Option, UsageError,
+                 find_debian_fashion_mnist, hookimpl, imagefolder_cache, is_tarball, read_dataset, read_image_folder,
+                 stored_datasets)
 
 log = logging.getLogger("ptk")
 
@@ -27,14 +30,14 @@ class Cifar10(DatasetSource):
 
     def load(self, data_dir: Path, options: dict[str, Any]) -> Dataset:
         fix = "ptk data import cifar10 PATH"
-        arrays = datastore.datasets(data_dir).load("cifar10", fix=fix)
-        if arrays is None:
+        data = stored_datasets(data_dir).load("cifar10", fix=fix)
+        if data is None:
             raise DataMissing(
-                f"CIFAR-10 is not in the data directory (looked for {datastore.datasets(data_dir).npz('cifar10')}). "
+                f"CIFAR-10 is not in the data directory (looked for {stored_datasets(data_dir).npz('cifar10')}). "
                 f"Import it with `{fix}` (PATH: cifar-10-python.tar.gz, its cifar-10-batches-py/ folder, or an "
                 f"image folder / .tar.gz of train/<class>/*, test/<class>/*), or fetch it with "
                 f"`ptk data download cifar10`")
-        return datastore.to_dataset("cifar10", arrays)
+        return data
 
 
 class FashionMnist(DatasetSource):
@@ -47,18 +50,18 @@ class FashionMnist(DatasetSource):
 
     def load(self, data_dir: Path, options: dict[str, Any]) -> Dataset:
         fix = "ptk data import fashion-mnist PATH"
-        store = datastore.datasets(data_dir)
-        arrays = store.load("fashion-mnist", fix=fix)
-        if arrays is None:
-            debian = datastore.find_debian_fashion_mnist()
+        store = stored_datasets(data_dir)
+        data = store.load("fashion-mnist", fix=fix)
+        if data is None:
+            debian = find_debian_fashion_mnist()
             if debian is None:
-                looked = ", ".join(str(p) for p in [store.npz("fashion-mnist"), *datastore.DEBIAN_FASHION_MNIST])
+                looked = ", ".join(str(p) for p in [store.npz("fashion-mnist"), *DEBIAN_FASHION_MNIST])
                 raise DataMissing(
                     f"Fashion-MNIST not found (looked in {looked}). Get it with `apt-get install "
                     f"dataset-fashion-mnist` (Debian/Ubuntu), `{fix}` (the folder with the four *-idx?-ubyte.gz "
                     f"files), or `ptk data download fashion-mnist`")
-            arrays = datastore.read_fashion_mnist(debian)  # 47 MB of idx: decoding takes under a second
-        return datastore.to_dataset("fashion-mnist", arrays)
+            data = read_dataset("fashion-mnist", debian)  # 47 MB of idx: decoding takes under a second
+        return data
 
 
 def _fingerprint(path: Path) -> str:
@@ -99,30 +102,29 @@ class ImageFolder(DatasetSource):
                               f"and test/<class>/*, or a .tar.gz of one")
         if not (folder.is_dir() or is_tarball(folder)):
             raise UsageError(f"imagefolder.path {folder} is neither a folder nor a .tar/.tar.gz archive")
-        cache = datastore.imagefolder_cache(data_dir)
+        cache = imagefolder_cache(data_dir)
         key = _fingerprint(folder)
         try:
-            arrays = cache.load(key, fix="nothing to do, ptk decodes the folder again now")
-        except datastore.DataCorrupt as exc:  # a cache, not the user's data: say so and rebuild it
+            data = cache.load(key, fix="nothing to do, ptk decodes the folder again now")
+        except DataCorrupt as exc:  # a cache, not the user's data: say so and rebuild it
             log.warning("%s", exc)
-            arrays = None
-        if arrays is None:
-            arrays = read_image_folder(folder)
+            data = None
+        if data is None:
+            data = read_image_folder(folder)
             for old in cache.list():  # one cached copy per folder: drop the stale ones
                 if old.source == str(folder):
                     cache.remove(old.name)
-            cache.save(key, arrays, source=str(folder))
-        return datastore.to_dataset(f"imagefolder:{folder.name}", arrays)
+            cache.save(key, data, source=str(folder))
+        return replace(data, name=f"imagefolder:{folder.name}")
 
     def _stored(self, data_dir: Path, name: str) -> Dataset:
-        datastore.check_name(name)
-        store = datastore.datasets(data_dir)
-        arrays = store.load(name, fix=f"ptk data import {name} PATH")
-        if arrays is None:
+        store = stored_datasets(data_dir)
+        data = store.load(name, fix=f"ptk data import {name} PATH")  # refuses an invalid name first
+        if data is None:
             have = ", ".join(i.name for i in store.list()) or "none"
             raise DataMissing(f"no data set {name!r} in {store.root} (stored: {have}); import it with "
                               f"`ptk data import {name} PATH`")
-        return datastore.to_dataset(name, arrays)
+        return data
 
 
 @hookimpl

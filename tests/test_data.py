@@ -19,7 +19,7 @@ from PIL import Image
 
 import ptk
 from conftest import require_cifar
-from ptk import datastore
+from ptk import datastore, importers
 from ptk.readers import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from ptk.options import resolve_options
 from ptk_plugins.image_datasets import Cifar10, FashionMnist, ImageFolder
@@ -50,7 +50,7 @@ def test_real_cifar10_archive_imports_with_standard_classes_and_counts(cifar_dat
     expected = np.asarray(Image.open(io.BytesIO(raw)).convert("RGB")).transpose(2, 0, 1)
     first_deer = int((ds.y_train == 4).nonzero()[0])
     assert np.array_equal(ds.x_train[first_deer].numpy(), expected)
-    info = datastore.datasets(cifar_data_dir).info("cifar10")
+    info = datastore.stored_datasets(cifar_data_dir).info("cifar10")
     assert info.source == str(require_cifar().resolve()) and len(info.classes) == 10
 
 
@@ -146,7 +146,7 @@ def test_a_crafted_cifar_batch_cannot_run_code(ptk, tmp_path, monkeypatch):
     res = ptk("data", "import", "cifar10", folder, expect=2)
     assert "data_batch_3 is not an official CIFAR-10 batch" in res.output and "it asks to load io.open" in res.output
     assert not marker.exists()
-    assert datastore.datasets(tmp_path / "data").info("cifar10") is None
+    assert datastore.stored_datasets(tmp_path / "data").info("cifar10") is None
 
 
 # --------------------------------------------------------------------------- image folders
@@ -191,12 +191,13 @@ def test_image_folder_decodes_in_class_order_and_is_cached_until_a_file_changes(
 
 def test_parallel_decoding_keeps_order_and_names_a_bad_file(tmp_path, monkeypatch):
     from ptk import readers
+    from ptk.readers import decode
 
     folder = image_folder(tmp_path / "imgs", classes=("a", "b", "c"), n_train=4, n_test=2)
     serial = readers.read_image_folder(folder)
-    monkeypatch.setattr(readers, "PARALLEL_FROM", 2)
-    monkeypatch.setattr(readers, "CHUNK", 3)
-    monkeypatch.setattr(readers, "decode_workers", lambda n: 2)
+    monkeypatch.setattr(decode, "PARALLEL_FROM", 2)
+    monkeypatch.setattr(decode, "CHUNK", 3)
+    monkeypatch.setattr(decode, "decode_workers", lambda n: 2)
     parallel = readers.read_image_folder(folder)
     assert np.array_equal(serial.x_train, parallel.x_train) and np.array_equal(serial.y_test, parallel.y_test)
     (folder / "train" / "b" / "002.png").write_bytes(b"GIF89a broken")
@@ -260,7 +261,7 @@ def test_imagefolder_needs_a_path_or_a_stored_name(ptk, tmp_path):
 def test_a_damaged_stored_data_set_is_detected_removed_and_never_loaded(ptk, tmp_path, monkeypatch, damage):
     monkeypatch.setenv("PTK_DATA_DIR", str(tmp_path / "data"))
     ptk("data", "import", "tiny", image_folder(tmp_path / "imgs"))
-    store = datastore.datasets(tmp_path / "data")
+    store = datastore.stored_datasets(tmp_path / "data")
     npz = store.npz("tiny")
     blob = bytearray(npz.read_bytes())
     if damage == "flip_byte":
@@ -281,12 +282,12 @@ def test_a_damaged_stored_data_set_is_detected_removed_and_never_loaded(ptk, tmp
 
 def test_data_list_shows_stored_builtin_and_missing_sets(ptk, tmp_path, monkeypatch):
     monkeypatch.setenv("PTK_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setattr(datastore, "DEBIAN_FASHION_MNIST", [tmp_path / "nowhere"])
+    monkeypatch.setattr(importers, "DEBIAN_FASHION_MNIST", [tmp_path / "nowhere"])
     ptk("data", "import", "pets", image_folder(tmp_path / "imgs", classes=("a", "b", "c")))
     out = ptk("data", "list").output
     assert f"data directory: {tmp_path / 'data'}" in out
     row = next(line for line in out.splitlines() if line.startswith("pets"))
-    size = datastore.datasets(tmp_path / "data").info("pets").bytes
+    size = datastore.stored_datasets(tmp_path / "data").info("pets").bytes
     assert row.split()[:4] == ["pets", "9", "6", "3x8x8"] and "a, b, c (3)" in row and f"{size / 1000:.1f} kB" in row
     assert any(line.startswith("digits") and "built in" in line for line in out.splitlines())
     assert "cifar10          not imported: `ptk data import cifar10 PATH`" in out
@@ -327,7 +328,7 @@ def test_fashion_mnist_idx_files_import_at_native_size(ptk, tmp_path, monkeypatc
 
 
 def test_debian_fashion_mnist_is_found_without_import(tmp_path):
-    if datastore.find_debian_fashion_mnist() is None:
+    if importers.find_debian_fashion_mnist() is None:
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
     ds = load("fashion-mnist", tmp_path / "empty")
     assert tuple(ds.x_train.shape) == (60000, 1, 28, 28) and tuple(ds.x_test.shape) == (10000, 1, 28, 28)
@@ -337,7 +338,7 @@ def test_debian_fashion_mnist_is_found_without_import(tmp_path):
 @pytest.mark.slow
 def test_label_flip_on_real_fashion_mnist_through_the_cli(ptk, tmp_path):
     """The one-channel path end to end on Debian's original files: Shirt -> T-shirt/top, the data set's defaults."""
-    if datastore.find_debian_fashion_mnist() is None:
+    if importers.find_debian_fashion_mnist() is None:
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install -y dataset-fashion-mnist)")
     out = tmp_path / "run"
     ptk("run", "--dataset", "fashion-mnist", "--subset", "1000", "--test-subset", "500", "--epochs", "2",
@@ -356,7 +357,7 @@ def test_label_flip_on_real_fashion_mnist_through_the_cli(ptk, tmp_path):
     ("fashion-mnist", "`apt-get install dataset-fashion-mnist`"),
 ])
 def test_missing_data_names_where_it_looked_and_the_fix(ptk, tmp_path, monkeypatch, dataset, hint):
-    monkeypatch.setattr(datastore, "DEBIAN_FASHION_MNIST", [tmp_path / "nowhere"])
+    monkeypatch.setattr(importers, "DEBIAN_FASHION_MNIST", [tmp_path / "nowhere"])
     monkeypatch.setenv("PTK_DATA_DIR", str(tmp_path / "data"))
     res = ptk("run", "--dataset", dataset, "--defense", "none", "--out", tmp_path / "r", expect=2)
     assert hint in res.output and f"ptk data download {dataset}" in res.output
@@ -401,7 +402,7 @@ def test_download_imports_what_torchvision_fetched_and_cleans_up(ptk, tmp_path, 
     assert "18 train + 4 test images, 3x32x32" in ptk("data", "download", "cifar10").output
     assert np.array_equal(load("cifar10", tmp_path / "data").x_train.numpy(), x[:18])
     assert seen and seen[0].parent == tmp_path / "data" and not seen[0].exists()
-    assert "downloaded with torchvision" in datastore.datasets(tmp_path / "data").info("cifar10").source
+    assert "downloaded with torchvision" in datastore.stored_datasets(tmp_path / "data").info("cifar10").source
 
 
 def test_import_usage_errors(ptk, tmp_path, monkeypatch):

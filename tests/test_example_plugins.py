@@ -88,11 +88,6 @@ def test_random_flip_refuses_a_budget_larger_than_the_source_class(example_modul
         attack.check(data, source, target, {"budget": pool + 1})
 
 
-#: Internals a built-in may still import, and why. The data set plugins read ptk's own data store,
-#: which is not part of the plugin API yet.
-INTERNAL_ALLOWED = {("image_datasets.py", "datastore")}
-
-
 @pytest.mark.parametrize("folder", [EXAMPLE / PACKAGE, ROOT / "plugins"], ids=["example", "builtins"])
 def test_plugins_use_only_the_public_api(folder):
     """A plugin written against ``ptk``'s exports keeps working when ptk's internals move; the built-ins
@@ -102,7 +97,7 @@ def test_plugins_use_only_the_public_api(folder):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "ptk":
                 assert node.module == "ptk", f"{path.name} imports ptk internals: {node.module}"
                 private = {a.name for a in node.names} - set(ptk.__all__)
-                assert all((path.name, n) in INTERNAL_ALLOWED for n in private), f"{path.name} imports {private}"
+                assert not private, f"{path.name} imports {private}"
             if isinstance(node, ast.Import):
                 assert not any(a.name.startswith("ptk.") for a in node.names), path.name
 

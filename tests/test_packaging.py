@@ -47,8 +47,8 @@ def test_wheel_holds_ptk_and_ptk_plugins_and_the_metadata_pypi_shows(built):
         entry_points = z.read(f"{info}/entry_points.txt").decode()
     assert {n.split("/")[0] for n in names} == {"ptk", "ptk_plugins", info}  # never a top-level `plugins`
     for folder, package in (("toolkit", "ptk"), ("plugins", "ptk_plugins")):
-        sources = {p.name for p in (ROOT / folder).glob("*.py")}
-        assert {n.split("/")[1] for n in names if n.startswith(f"{package}/")} >= sources
+        sources = {p.relative_to(ROOT / folder).as_posix() for p in (ROOT / folder).rglob("*.py")}
+        assert {n.split("/", 1)[1] for n in names if n.startswith(f"{package}/")} >= sources  # subpackages too
     assert f"{info}/licenses/LICENSE" in names
     for field in ("Name: ptk", f"Version: {version}", "Summary: ", "License-Expression: MIT", "Requires-Python: ",
                   "Project-URL: Documentation", "Classifier: ", "Description-Content-Type: text/markdown",

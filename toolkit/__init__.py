@@ -9,7 +9,6 @@ from .api import (  # noqa: E402
     API_VERSION,
     SUPPORTED_API_VERSIONS,
     Attack,
-    DataMissing,
     DatasetSource,
     Defense,
     DefenseResult,
@@ -18,13 +17,15 @@ from .api import (  # noqa: E402
     Predictor,
     ThreatModel,
 )
-from .context import AttackContext, DefenseContext, Target, ThreatModelViolation  # noqa: E402
+from .context import AttackContext, DefenseContext, Target  # noqa: E402
 from .data import Dataset, stratified_indices  # noqa: E402
+from .datastore import imagefolder_cache, stored_datasets  # noqa: E402
 from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance  # noqa: E402
+from .errors import DataCorrupt, DataMissing, PluginError, ThreatModelViolation, UsageError  # noqa: E402
 from .hookspecs import hookimpl  # noqa: E402
+from .importers import DEBIAN_FASHION_MNIST, find_debian_fashion_mnist, read_dataset  # noqa: E402
 from .options import (  # noqa: E402
     Option,
-    UsageError,
     check_removal_count,
     fraction,
     non_negative,
@@ -40,12 +41,15 @@ __all__ = [
     "DatasetSource", "Defense", "DefenseContext", "DefenseResult", "ModelSpec", "Option", "Poisoning",
     "Predictor", "Target", "ThreatModel", "ThreatModelViolation", "UsageError", "hookimpl",
     "stratified_indices", "__version__",
+    # errors (all defined in ptk.errors)
+    "DataCorrupt", "PluginError",
     # option checks and removal helpers
     "positive", "non_negative", "fraction", "check_removal_count", "removal_count",
     # ensembles
     "EnsemblePredictor", "vote_prediction_and_tolerance",
-    # image folders and archives (data set plugins)
-    "is_tarball", "read_image_folder",
+    # data set plugins: image folders and archives, the data directory's store, importing
+    "is_tarball", "read_image_folder", "stored_datasets", "imagefolder_cache", "read_dataset",
+    "find_debian_fashion_mnist", "DEBIAN_FASHION_MNIST",
     # the training kit
     "Recipe", "autocast", "epoch_batches", "make_optimizer", "optimizer_step", "training_batch",
 ]

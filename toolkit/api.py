@@ -16,11 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import nn
 
+from .errors import DataMissing
 from .options import Option
 
 if TYPE_CHECKING:
     from .context import AttackContext, DefenseContext
     from .data import Dataset
+
+__all__ = ["API_VERSION", "SUPPORTED_API_VERSIONS", "Attack", "DataMissing", "DatasetSource", "Defense",
+           "DefenseResult", "ModelSpec", "Plugin", "Poisoning", "Predictor", "ThreatModel"]
 
 #: Version of the plugin API. A plugin may declare ``api_version``; ptk refuses
 #: versions outside SUPPORTED_API_VERSIONS with a message naming the supported ones.
@@ -156,7 +160,3 @@ class ModelSpec(Plugin):
 
     def build(self, num_classes: int, image_shape: tuple[int, int, int], options: dict[str, Any]) -> nn.Module:
         raise NotImplementedError
-
-
-class DataMissing(Exception):
-    """Raised by a data set plugin when its files are not there; the message says how to get them."""

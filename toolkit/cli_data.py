@@ -1,8 +1,8 @@
 """``ptk data``: import, download and list the data sets in ptk's data directory.
 
-Importing decodes a data set once into uint8 arrays (see :mod:`ptk.datastore`);
-every later ``ptk run`` loads those in about a second instead of decoding
-60,000 images again.
+Importing decodes a data set once (see :mod:`ptk.importers`) and stores it as
+uint8 arrays (see :mod:`ptk.datastore`); every later ``ptk run`` loads those in
+about a second instead of decoding 60,000 images again.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from pathlib import Path
 
 import click
 
-from . import datastore
+from .datastore import imagefolder_cache, stored_datasets
+from .importers import find_debian_fashion_mnist, import_dataset, read_dataset
 from .paths import data_dir as resolve_data_dir
+from .readers import FASHION_MNIST_CLASSES
 
 DOWNLOADS = {
     "cifar10": "the official cifar-10-python.tar.gz (about 170 MB) from www.cs.toronto.edu",
@@ -66,7 +68,7 @@ def import_(name: str, path: Path, data_dir: Path | None) -> None:
     """
     root = resolve_data_dir(data_dir)
     start = time.perf_counter()
-    info = datastore.import_dataset(root, name, path)
+    info = import_dataset(root, name, path)
     c, h, w = info.image_shape
     click.echo(f"imported {name}: {info.train_size} train + {info.test_size} test images, {c}x{h}x{w}, "
                f"classes {short_classes(info.classes, 10)}")
@@ -83,8 +85,8 @@ def download(name: str, data_dir: Path | None) -> None:
     click.echo(f"downloading {DOWNLOADS[name]} ...", err=True)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as tmp:
         folder = fetch(name, Path(tmp))
-        info = datastore.datasets(root).save(name, datastore.read_any(name, folder),
-                                             source=f"downloaded with torchvision ({DOWNLOADS[name]})")
+        info = stored_datasets(root).save(name, read_dataset(name, folder),
+                                   source=f"downloaded with torchvision ({DOWNLOADS[name]})")
     c, h, w = info.image_shape
     click.echo(f"imported {name}: {info.train_size} train + {info.test_size} test images, {c}x{h}x{w} "
                f"-> {info.path} ({human_size(info.bytes)})")
@@ -118,22 +120,22 @@ def list_(data_dir: Path | None) -> None:
     root = resolve_data_dir(data_dir)
     click.echo(f"data directory: {root}")
     click.echo(f"{'NAME':16} {'TRAIN':>6} {'TEST':>6}  {'IMAGE':8} {'SIZE':>9}  CLASSES")
-    stored = {i.name: i for i in datastore.datasets(root).list()}
+    stored = {i.name: i for i in stored_datasets(root).list()}
     for info in stored.values():
         c, h, w = info.image_shape
         click.echo(f"{info.name:16} {info.train_size:>6} {info.test_size:>6}  {f'{c}x{h}x{w}':8} "
                    f"{human_size(info.bytes):>9}  {short_classes(info.classes)}")
     click.echo(f"{'digits':16} {1347:>6} {450:>6}  {'3x32x32':8} {'built in':>9}  0, 1, 2, 3, 4, ... (10)"
                f"  [scikit-learn, no import needed]")
-    debian = datastore.find_debian_fashion_mnist()
+    debian = find_debian_fashion_mnist()
     if "fashion-mnist" not in stored and debian is not None:
         click.echo(f"{'fashion-mnist':16} {60000:>6} {10000:>6}  {'1x28x28':8} {'Debian':>9}  "
-                   f"{short_classes(datastore.FASHION_MNIST_CLASSES)}  [{debian}, used automatically]")
+                   f"{short_classes(FASHION_MNIST_CLASSES)}  [{debian}, used automatically]")
     for name in ("cifar10", "fashion-mnist"):
         if name not in stored and not (name == "fashion-mnist" and debian is not None):
             click.echo(f"{name:16} not imported: `ptk data import {name} PATH` or `ptk data download {name}`")
-    cached = datastore.imagefolder_cache(root).list()
+    cached = imagefolder_cache(root).list()
     if cached:
         total = sum(i.bytes for i in cached)
         click.echo(f"imagefolder cache: {len(cached)} decoded folder(s), {human_size(total)} in "
-                   f"{datastore.imagefolder_cache(root).root}")
+                   f"{imagefolder_cache(root).root}")

@@ -19,14 +19,11 @@ from . import train as trainlib
 from .api import ThreatModel
 from .cache import ModelCache, cache_key, code_identity, tensor_digest
 from .data import Dataset, stratified_indices
+from .errors import ThreatModelViolation
 from .network import Network, channel_stats
 from .registry import Entry
 
 T = TypeVar("T")
-
-
-class ThreatModelViolation(Exception):
-    """A defense read something its declared threat model says it does not know."""
 
 
 @dataclass(frozen=True)

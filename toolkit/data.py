@@ -1,8 +1,10 @@
-"""The in-memory data set every plugin sees: uint8 image tensors plus labels.
+"""The one container for image data: uint8 image tensors plus labels.
 
-Images stay uint8 (N, C, H, W) so a full CIFAR-10 (150 MB) sits on the GPU;
-conversion to float, normalisation and augmentation happen per batch on the
-device (see :mod:`ptk.augment`).
+Plugins see it, the readers return it and the data store saves and loads it,
+so its checks (shapes, one label per image, labels within the classes) are
+written once, here. Images stay uint8 (N, C, H, W) so a full CIFAR-10 (150 MB)
+sits on the GPU; conversion to float, normalisation and augmentation happen
+per batch on the device (see :mod:`ptk.augment`).
 """
 
 from __future__ import annotations
@@ -10,14 +12,21 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
 import numpy as np
 import torch
 
+from .errors import UsageError
+
 
 @dataclass
 class Dataset:
-    """Train and test images (uint8, N x C x H x W) with integer labels and class names."""
+    """Train and test images (uint8, N x C x H x W) with integer labels and class names.
+
+    Construction refuses inconsistent data with a ValueError whose message starts with ``name``
+    (readers name a set after the file it came from, so the message says where the problem is).
+    """
 
     name: str
     x_train: torch.Tensor
@@ -27,14 +36,34 @@ class Dataset:
     classes: list[str]
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
+    #: The four arrays, in the order (and under the names) the data store saves them.
+    ARRAYS: ClassVar[tuple[str, ...]] = ("x_train", "y_train", "x_test", "y_test")
+
     def __post_init__(self) -> None:
         for split, x, y in (("train", self.x_train, self.y_train), ("test", self.x_test, self.y_test)):
             if x.dtype != torch.uint8 or x.ndim != 4:
                 raise ValueError(f"{self.name}: x_{split} must be uint8 N x C x H x W, got {x.dtype} {tuple(x.shape)}")
-            if len(x) != len(y):
-                raise ValueError(f"{self.name}: {len(x)} {split} images but {len(y)} labels")
+            if y.ndim != 1 or len(y) != len(x):
+                raise ValueError(f"{self.name}: y_{split} must hold one label per image: {len(x)} images, "
+                                 f"shape {tuple(y.shape)}")
+            if len(y) and (int(y.min()) < 0 or int(y.max()) >= len(self.classes)):
+                raise ValueError(f"{self.name}: y_{split} has labels outside 0..{len(self.classes) - 1}")
+        if self.x_train.shape[1:] != self.x_test.shape[1:]:
+            raise ValueError(f"{self.name}: train images are {tuple(self.x_train.shape[1:])} but test images "
+                             f"{tuple(self.x_test.shape[1:])}")
         self.y_train = self.y_train.long()
         self.y_test = self.y_test.long()
+
+    @classmethod
+    def from_numpy(cls, name: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                   y_test: np.ndarray, classes: list[str]) -> "Dataset":
+        """A data set over decoded numpy arrays, sharing their memory (no copy of 150 MB of pixels)."""
+        x_tr, y_tr, x_te, y_te = (torch.from_numpy(a) for a in (x_train, y_train, x_test, y_test))
+        return cls(name, x_tr, y_tr, x_te, y_te, list(classes))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The four tensors as numpy arrays on the CPU, by name (what the data store writes)."""
+        return {k: getattr(self, k).detach().cpu().numpy() for k in self.ARRAYS}
 
     @property
     def num_classes(self) -> int:
@@ -50,8 +79,6 @@ class Dataset:
             return self.classes.index(name)
         if name.isdigit() and int(name) < len(self.classes):
             return int(name)
-        from .options import UsageError
-
         raise UsageError(f"unknown class {name!r} in {self.name}; classes are: {', '.join(self.classes)}")
 
     def fingerprint(self) -> str:
@@ -76,8 +103,6 @@ class Dataset:
 
     def subset(self, train: int | None, test: int | None, seed: int) -> "Dataset":
         """Stratified subsets of train and/or test (None keeps a split whole)."""
-        from .options import UsageError
-
         x_train, y_train, x_test, y_test = self.x_train, self.y_train, self.x_test, self.y_test
         for flag, asked, have in (("--subset", train, len(y_train)), ("--test-subset", test, len(y_test))):
             if asked is not None and asked > have:

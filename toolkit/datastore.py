@@ -12,6 +12,10 @@ stored data set is complete only once its checksum is on disk. Loading recompute
 the sha256 and never parses a file that fails it: the pair is removed and the
 user is told, in one line, to import again. ``np.load`` runs with
 ``allow_pickle=False``, so a stored file cannot run code either way.
+
+This module only stores and loads :class:`ptk.Dataset` objects; deciding how to
+read a path the user gives (CIFAR-10, Fashion-MNIST, an image folder) is
+:mod:`ptk.importers`' job.
 """
 
 from __future__ import annotations
@@ -24,26 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from .api import DataMissing
 from .atomic import atomic_path, sha256_file, write_json
 from .data import Dataset
-from .options import UsageError
-from .readers import (CIFAR10_CLASSES, FASHION_MNIST_CLASSES, ImageArrays, is_cifar_batches, is_tarball,
-                      read_cifar_batches_dir, read_cifar_tarball, read_idx_folder, read_image_folder)
+from .errors import DataCorrupt, UsageError
+
+__all__ = ["DataCorrupt", "FORMAT", "Store", "StoredInfo", "check_name", "imagefolder_cache", "stored_datasets"]
 
 FORMAT = "ptk-dataset-1"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-#: Where Debian's ``dataset-fashion-mnist`` package puts the official idx files.
-DEBIAN_FASHION_MNIST = [Path("/usr/share/datasets/fashion-mnist")]
-
-
-class DataCorrupt(DataMissing):
-    """A stored data set failed its checksum; it has been removed and must be imported again."""
 
 
 def check_name(name: str) -> str:
+    """NAME if it is a valid data set name (it becomes a file name, so no '/', '..' or capitals)."""
     if not NAME_RE.match(name):
         raise UsageError(f"data set name {name!r} must be 1-64 lower-case letters, digits, '.', '_' or '-', "
                          f"starting with a letter or digit")
@@ -88,7 +85,7 @@ class Store:
     def sidecar(self, name: str) -> Path:
         return self.root / f"{name}.json"
 
-    def save(self, name: str, data: ImageArrays, source: str, extra: dict[str, Any] | None = None) -> StoredInfo:
+    def save(self, name: str, data: Dataset, source: str, extra: dict[str, Any] | None = None) -> StoredInfo:
         """Write the arrays and then the sidecar, each atomically; replaces a stored set of that name.
 
         The old sidecar goes first: an import killed half-way leaves an .npz without a sidecar,
@@ -118,11 +115,13 @@ class Store:
         found = (self.info(p.stem) for p in sorted(self.root.glob("*.json")))
         return [i for i in found if i is not None]
 
-    def load(self, name: str, fix: str) -> ImageArrays | None:
-        """The stored arrays, or None if absent; a set that fails its checksum is removed (DataCorrupt).
+    def load(self, name: str, fix: str) -> Dataset | None:
+        """The stored set as a Dataset named NAME, or None if absent; a set that fails its checksum is
+        removed (DataCorrupt). A name that is not a valid data set name is a UsageError.
 
         ``fix`` is the command that recreates the set, quoted in the one-line message.
         """
+        check_name(name)
         npz, sidecar = self.npz(name), self.sidecar(name)
         if not npz.exists() and not sidecar.exists():
             return None
@@ -139,11 +138,11 @@ class Store:
         if problem is None:
             try:
                 with np.load(npz, allow_pickle=False) as z:
-                    arrays = {k: z[k] for k in ImageArrays.ARRAYS}
+                    arrays = {k: z[k] for k in Dataset.ARRAYS}
                 if {k: list(v.shape) for k, v in arrays.items()} != meta["shapes"]:
                     raise ValueError("array shapes differ from the sidecar")
-                return ImageArrays(classes=list(meta["classes"]), **arrays)
-            except (OSError, ValueError, KeyError) as exc:
+                return Dataset.from_numpy(name, classes=list(meta["classes"]), **arrays)
+            except (OSError, ValueError, KeyError, TypeError) as exc:  # TypeError: a dtype torch cannot hold
                 problem = f"it does not hold the expected arrays ({exc})"
         self.remove(name)
         raise DataCorrupt(f"stored data set {name!r} at {npz} is unusable: {problem}; removed it. "
@@ -168,7 +167,7 @@ class Store:
                           str(meta.get("source", "")), str(meta.get("imported", "")), dict(meta.get("extra", {})))
 
 
-def datasets(data_dir: Path) -> Store:
+def stored_datasets(data_dir: Path) -> Store:
     """Data sets the user imported (``ptk data import`` / ``ptk data download``)."""
     return Store(Path(data_dir) / "datasets")
 
@@ -176,58 +175,3 @@ def datasets(data_dir: Path) -> Store:
 def imagefolder_cache(data_dir: Path) -> Store:
     """Decoded copies of image folders given with ``-o imagefolder.path=...``, keyed by path and mtimes."""
     return Store(Path(data_dir) / "cache" / "imagefolder")
-
-
-def to_dataset(name: str, data: ImageArrays) -> Dataset:
-    return Dataset(name, torch.from_numpy(data.x_train), torch.from_numpy(data.y_train),
-                   torch.from_numpy(data.x_test), torch.from_numpy(data.y_test), list(data.classes))
-
-
-# --------------------------------------------------------------------------- importing
-
-def read_cifar10(path: Path) -> ImageArrays:
-    """CIFAR-10 from the official tarball, its extracted folder, or an image folder / archive of one."""
-    if is_cifar_batches(path):
-        return read_cifar_batches_dir(path) if path.is_dir() else read_cifar_tarball(path)
-    data = read_image_folder(path, expect=("CIFAR-10", CIFAR10_CLASSES))
-    if data.x_train.shape[1:] != (3, 32, 32):
-        c, h, w = data.x_train.shape[1:]
-        raise UsageError(f"{path} is not CIFAR-10: its images are {c}x{h}x{w}, CIFAR-10's are 3x32x32 (RGB). "
-                         f"To use it under its own name: ptk data import MYNAME {path}")
-    return data
-
-
-def read_fashion_mnist(path: Path) -> ImageArrays:
-    return read_idx_folder(path, FASHION_MNIST_CLASSES)
-
-
-def read_any(name: str, path: Path) -> ImageArrays:
-    """Decode PATH as the data set NAME: cifar10 and fashion-mnist have their own formats; any other
-    name is an image folder (``train/<class>/*``, ``test/<class>/*``) or a tar archive of one."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise UsageError(f"{path} does not exist")
-    if name == "cifar10":
-        return read_cifar10(path)
-    if name == "fashion-mnist":
-        return read_fashion_mnist(path)
-    if not (path.is_dir() or is_tarball(path)):
-        raise UsageError(f"{path} is neither a folder nor a .tar/.tar.gz archive of an image folder")
-    if is_cifar_batches(path):
-        raise UsageError(f"{path} is CIFAR-10 in its official python format; import it as: "
-                         f"ptk data import cifar10 {path}")
-    return read_image_folder(path)
-
-
-def import_dataset(data_dir: Path, name: str, path: Path) -> StoredInfo:
-    """Decode PATH and store it as NAME in the data directory."""
-    check_name(name)
-    data = read_any(name, Path(path))
-    return datasets(data_dir).save(name, data, source=str(Path(path).expanduser().resolve()))
-
-
-def find_debian_fashion_mnist() -> Path | None:
-    for folder in DEBIAN_FASHION_MNIST:
-        if (folder / "train-images-idx3-ubyte.gz").is_file():
-            return folder
-    return None

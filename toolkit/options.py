@@ -10,9 +10,7 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-
-class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit code 2."""
+from .errors import UsageError
 
 
 @dataclass(frozen=True)

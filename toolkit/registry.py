@@ -17,16 +17,12 @@ import pluggy
 
 from . import hookspecs
 from .api import SUPPORTED_API_VERSIONS, Attack, DatasetSource, Defense, ModelSpec, Plugin
-from .options import UsageError
+from .errors import PluginError, UsageError
 
 GROUP = "ptk"
 KINDS = {"attack": Attack, "defense": Defense, "dataset": DatasetSource, "model": ModelSpec}
 HOOK_OF_KIND = {"attack": "register_attacks", "defense": "register_defenses",
                 "dataset": "register_datasets", "model": "register_models"}
-
-
-class PluginError(Exception):
-    """A plugin failed (import, validation, or while running); the message names the plugin."""
 
 
 @dataclass
