@@ -219,6 +219,10 @@ class FlipFirst(ptk.Attack):
         return ptk.Poisoning(y_train=y, poison_indices=chosen)
 
 
+#: attributes the runner set on a model it handed out (it must set none: its cost comes back beside it)
+STUCK_ON_MODELS: set[str] = set()
+
+
 class DropHighLoss(ptk.Defense):
     name = "api-drop"
     description = "removes the `budget` highest-loss samples and retrains"
@@ -229,6 +233,8 @@ class DropHighLoss(ptk.Defense):
         loss = ctx.per_sample_loss(ctx.poisoned_model, ctx.data.x_train, ctx.data.y_train)
         order = loss.argsort(descending=True)
         model = ctx.train(keep=order[ctx.attack_budget:], desc="api-drop retrain")
+        STUCK_ON_MODELS.update(vars(ctx.poisoned_model).keys() & {"train_seconds", "cached"},
+                               vars(model).keys() & {"train_seconds", "cached"})
         return ptk.DefenseResult(predictor=model, removed_indices=order[: ctx.attack_budget])
 
 
@@ -277,6 +283,11 @@ def test_every_hook_is_called_through_a_registered_plugin_in_a_real_run(tmp_path
         n: "(in-process)" for n in ("api-blobs", "api-mlp", "api-flip", "api-drop")}
     assert len(r["attack"]["poison_indices"]) == 3
     assert r["models"][2]["removed_count"] == 3
+    assert not STUCK_ON_MODELS
+    # saved after every model, each time a snapshot of its own; the last is what run_experiment returns
+    all_three = ["clean", "poisoned", "api-drop"]
+    assert [[m["name"] for m in s["models"]] for s in saved] == [["clean"], ["clean", "poisoned"], all_three, all_three]
+    assert saved[-1] == r and saved[0]["status"] == "running" and "cache" not in saved[0]
 
 
 # --- documentation -------------------------------------------------------------------------------

@@ -27,6 +27,25 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True)
+class TrainingRecord:
+    """One :meth:`Session.train` call (or one ``own_training`` block): what it trained and for how long."""
+
+    desc: str
+    key: str | None  # the cache key; None for a plugin's own training loop
+    cached: bool
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model from :meth:`Session.train_tracked` and its cost: ``seconds`` of training, 0 when ``cached``."""
+
+    model: Network
+    seconds: float
+    cached: bool
+
+
+@dataclass(frozen=True)
 class Target:
     """The test image the attack aims at, and the misclassification it wants."""
 
@@ -49,7 +68,7 @@ class Session:
         self.device = device
         self.seed = seed
         self.mean, self.std = channel_stats(data.x_train)
-        self.trained: list[dict[str, Any]] = []  # one record per train() call, for the report
+        self.trained: list[TrainingRecord] = []  # one per train() call and own_training block, for the report
         self._identities: dict[type, dict[str, Any]] = {}
 
     def model_identity(self, net: nn.Module) -> dict[str, Any]:
@@ -74,6 +93,11 @@ class Session:
     def train(self, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None,
               weights: torch.Tensor | None = None, seed: int | None = None, desc: str = "train") -> Network:
         """A model trained with the run's recipe on ``x[keep]``, ``y[keep]`` (cached by content)."""
+        return self.train_tracked(x, y, keep, weights, seed, desc).model
+
+    def train_tracked(self, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None = None,
+                      weights: torch.Tensor | None = None, seed: int | None = None, desc: str = "train") -> Trained:
+        """:meth:`train`, with what the model cost beside it (for its row in the results)."""
         seed = self.seed if seed is None else seed
         if keep is not None:
             keep = torch.as_tensor(keep, device=x.device).long()
@@ -94,10 +118,12 @@ class Session:
             )
         if cached:
             trainlib.progress_line(f"{desc}: loaded from the cache")
-        self.trained.append({"desc": desc, "key": key, "cached": cached, "seconds": timer.seconds})
-        model.train_seconds = 0.0 if cached else timer.seconds  # type: ignore[attr-defined]
-        model.cached = cached  # type: ignore[attr-defined]
-        return model
+        self.trained.append(TrainingRecord(desc, key, cached, timer.seconds))
+        return Trained(model, 0.0 if cached else timer.seconds, cached)
+
+    def training_seconds(self, since: int = 0) -> float:
+        """Seconds spent training (models from the cache cost none) in ``trained[since:]``."""
+        return sum(r.seconds for r in self.trained[since:] if not r.cached)
 
     def key_for(self, built: Network, x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor | None,
                 weights: torch.Tensor | None, seed: int) -> str:
@@ -166,7 +192,7 @@ class BaseContext:
         as training in the report's "train s", like every :meth:`train` call's."""
         with trainlib.Timer() as timer:
             yield
-        self._session.trained.append({"desc": desc, "key": None, "cached": False, "seconds": timer.seconds})
+        self._session.trained.append(TrainingRecord(desc, None, False, timer.seconds))
 
     @staticmethod
     def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""One evaluation for every model of a run, so numbers are comparable across defenses."""
+"""One evaluation for every model of a run, so numbers are comparable across defenses: the rows of
+results.json's ``models`` are built here, a defense's scoring (removal, suspicion, weights, vote) included."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import Predictor
-from .context import Target
+from .api import DefenseResult, Predictor
+from .context import Target, Trained
 from .data import Dataset
+from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance
+from .results import ModelRow, Removal, Suspicion, Vote, WeightMeans
 from .train import predict_proba
 
 
@@ -20,7 +23,7 @@ def probabilities(predictor: nn.Module | Predictor, x: torch.Tensor) -> torch.Te
 
 
 def evaluate(predictor: nn.Module | Predictor, data: Dataset, target: Target) -> dict[str, Any]:
-    """Test accuracy (overall and per class) and the target image's class probabilities."""
+    """Test accuracy (overall and per class) and the target image's class probabilities, as ModelRow fields."""
     probs = probabilities(predictor, data.x_test)
     pred = probs.argmax(1)
     correct = (pred == data.y_test).float()
@@ -39,6 +42,37 @@ def evaluate(predictor: nn.Module | Predictor, data: Dataset, target: Target) ->
     }
 
 
+def model_row(name: str, trained: Trained, data: Dataset, target: Target) -> ModelRow:
+    """The row of a model the runner trained itself (clean, poisoned)."""
+    return ModelRow(name, **evaluate(trained.model, data, target), train_seconds=round(trained.seconds, 3),
+                    cached=trained.cached)
+
+
+def defense_row(name: str, out: DefenseResult, data: Dataset, target: Target, poison: torch.Tensor,
+                n_train: int, **fields: Any) -> ModelRow:
+    """The row of a defense: its predictor evaluated like every model, and what it returned scored against the
+    true ``poison`` indices of the ``n_train`` training samples: removal precision and recall, the AUROC of
+    its suspicion scores (or of minus its sample weights), the mean weight of poisoned vs other samples, and
+    an ensemble's vote on the target (its prediction). ``fields``: further ModelRow fields (timings, threat
+    model)."""
+    measured = evaluate(out.predictor, data, target)
+    removal = None if out.removed_indices is None else removal_scores(out.removed_indices, poison)
+    scores = out.scores
+    if scores is None and out.sample_weights is not None:
+        scores = -out.sample_weights  # a reweighting defense suspects what it down-weights
+    if scores is not None and len(scores) != n_train:
+        raise ValueError(f"scores has {len(scores)} entries for {n_train} training samples")
+    suspicion = None if scores is None else Suspicion(suspicion_auroc(scores, poison))
+    weights = None if out.sample_weights is None else weight_means(out.sample_weights, poison)
+    vote = None
+    if isinstance(out.predictor, EnsemblePredictor):
+        vote = target_vote(out.predictor, target, data.classes, len(poison), measured["target_pred"])
+        measured.update(target_pred=vote.target_vote_pred,
+                        attack_success=vote.target_vote_pred == data.classes[target.target_class])
+    return ModelRow(name, **measured, **fields, removal=removal, suspicion=suspicion, weights=weights,
+                    details=out.details or None, vote=vote)
+
+
 def suspicion_auroc(scores: torch.Tensor, poison: torch.Tensor) -> float | None:
     """AUROC of per-sample suspicion ``scores`` against the true poison mask: the chance a random poisoned
     sample scores above a random clean one (ties count half). Threshold-free, so it compares defenses
@@ -53,14 +87,37 @@ def suspicion_auroc(scores: torch.Tensor, poison: torch.Tensor) -> float | None:
     return round(float(roc_auc_score(mask.numpy(), scores.detach().double().cpu().numpy())), 6)
 
 
-def removal_scores(removed: torch.Tensor, poison: torch.Tensor) -> dict[str, Any]:
+def removal_scores(removed: torch.Tensor, poison: torch.Tensor) -> Removal:
     """How many removed, and precision / recall of the removal against the true poison indices."""
     removed_set = set(removed.cpu().tolist())
     poison_set = set(poison.cpu().tolist())
     hit = len(removed_set & poison_set)
-    return {
-        "removed_indices": sorted(removed_set),
-        "removed_count": len(removed_set),
-        "removal_precision": round(hit / len(removed_set), 6) if removed_set else None,
-        "removal_recall": round(hit / len(poison_set), 6) if poison_set else None,
-    }
+    return Removal(
+        removed_indices=sorted(removed_set),
+        removed_count=len(removed_set),
+        removal_precision=round(hit / len(removed_set), 6) if removed_set else None,
+        removal_recall=round(hit / len(poison_set), 6) if poison_set else None,
+    )
+
+
+def weight_means(weights: torch.Tensor, poison: torch.Tensor) -> WeightMeans:
+    """Mean sample weight of the poisoned samples (None if there are none) and of the others."""
+    w = weights.float().cpu()
+    mask = torch.zeros(len(w), dtype=torch.bool)
+    mask[poison.cpu()] = True
+    return WeightMeans(round(w[mask].mean().item(), 6) if mask.any() else None, round(w[~mask].mean().item(), 6))
+
+
+def target_vote(ens: EnsemblePredictor, target: Target, classes: list[str], budget: int, softmax_pred: str) -> Vote:
+    """The ensemble's vote on the target and, for disjoint members, whether the poison budget exceeds its certificate.
+
+    The plurality vote is the ensemble's prediction (the row's ``target_pred``, ``attack_success``): it is
+    what the certificate is about. The averaged softmax's choice stays beside it as ``softmax_target_pred``;
+    the two can differ.
+    """
+    votes = ens.votes(target.image)
+    pred, tol = vote_prediction_and_tolerance(votes)
+    certified = {"target_certified_tolerance": int(tol[0]), "budget_exceeds_certificate": budget > int(tol[0])}
+    return Vote(target_votes={c: int(v) for c, v in zip(classes, votes[0].tolist())},
+                target_vote_pred=classes[int(pred[0])], softmax_target_pred=softmax_pred,
+                **(certified if ens.certified else {}))

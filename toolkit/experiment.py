@@ -11,7 +11,7 @@ import logging
 import platform
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,12 +22,12 @@ from . import __version__
 from .api import DataMissing
 from .cache import ModelCache, tensor_digest
 from .config import ExperimentConfig
-from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance
 from .context import AttackContext, DefenseContext, Session, Target
-from .evaluate import evaluate, removal_scores, suspicion_auroc
+from .evaluate import defense_row, model_row
 from .options import UsageError, resolve_options
 from .paths import cache_dir, data_dir
 from .registry import Entry, PluginError, Registry
+from .results import ModelRow, RunResults
 from .train import RECIPES, Recipe, Timer, predict_proba
 
 log = logging.getLogger("ptk")
@@ -167,30 +167,6 @@ def choose_target(p: Plan, data, clean_model, source: int, target_class: int) ->
     return Target(idx, source, target_class, data.x_test[idx : idx + 1])
 
 
-def target_vote(ens: EnsemblePredictor, target: Target, classes: list[str], budget: int,
-                softmax_pred: str) -> dict[str, Any]:
-    """The ensemble's vote on the target and, for disjoint members, whether the poison budget exceeds its certificate.
-
-    The plurality vote is the ensemble's prediction (``target_pred``, ``attack_success``): it is
-    what the certificate is about. The averaged softmax's choice stays beside it as
-    ``softmax_target_pred``; the two can differ.
-    """
-    votes = ens.votes(target.image)
-    pred, tol = vote_prediction_and_tolerance(votes)
-    out: dict[str, Any] = {"target_votes": {c: int(v) for c, v in zip(classes, votes[0].tolist())},
-                           "target_vote_pred": classes[int(pred[0])], "target_pred": classes[int(pred[0])],
-                           "attack_success": int(pred[0]) == target.target_class,
-                           "softmax_target_pred": softmax_pred}
-    if ens.certified:
-        out["target_certified_tolerance"] = int(tol[0])
-        out["budget_exceeds_certificate"] = budget > int(tol[0])
-    return out
-
-
-def train_info(model) -> dict[str, Any]:
-    return {"train_seconds": round(model.train_seconds, 3), "cached": model.cached}
-
-
 def versions(p: Plan) -> dict[str, str]:
     """Software and hardware a result depends on. CPU results are bit-reproducible on one kind of CPU, not across
     them (AVX2 and AVX-512 kernels sum in different orders), so the kernel ISA torch used is recorded too."""
@@ -225,76 +201,58 @@ def call_plugin(entry: Entry, method: str, *args: Any) -> Any:
 
 @dataclass
 class Run:
-    """A run in progress: the results dict, written out after every step."""
+    """A run in progress: its results, written out (as results.json's dict) after every step."""
 
-    results: dict[str, Any]
+    results: RunResults
     save: Callable[[dict[str, Any]], None]
-    failures: list[str] = field(default_factory=list)
 
-    def add_model(self, name: str, entry: dict[str, Any]) -> None:
-        self.results["models"].append({"name": name, **entry})
-        self.save(self.results)
+    def add_model(self, row: ModelRow) -> None:
+        self.results.models.append(row)
+        self.write()
+
+    def write(self) -> None:
+        self.save(self.results.to_dict())
 
 
 def run_models(p: Plan, session: Session, data, source: int, target_class: int, run: Run,
                on_error: Callable[[str, str], None] | None) -> None:
     """Clean model, target, attack, poisoned model, then each defense; ``run`` saves after every model."""
     results, attack_opts = run.results, p.options[p.attack.name]
-    clean = session.train(data.x_train, data.y_train, desc="clean model")
-    target = choose_target(p, data, clean, source, target_class)
-    results["target"] = {"index": target.index, "source_class": data.classes[source],
-                         "target_class": data.classes[target_class]}
-    run.add_model("clean", {**evaluate(clean, data, target), **train_info(clean)})
+    clean = session.train_tracked(data.x_train, data.y_train, desc="clean model")
+    target = choose_target(p, data, clean.model, source, target_class)
+    results.target = {"index": target.index, "source_class": data.classes[source],
+                      "target_class": data.classes[target_class]}
+    run.add_model(model_row("clean", clean, data, target))
 
-    actx = AttackContext(session, data, p.options, clean, target)
+    actx = AttackContext(session, data, p.options, clean.model, target)
     poisoning = call_plugin(p.attack, "poison", actx, attack_opts)
     poison_idx = poisoning.poison_indices.to(p.device).long()
     poisoned_data = type(data)(data.name, poisoning.x_train if poisoning.x_train is not None else data.x_train,
                                poisoning.y_train.to(p.device), data.x_test, data.y_test, data.classes)
-    results["attack"] = {"name": p.attack.name, "poison_indices": sorted(poison_idx.cpu().tolist()),
-                         "poisoned_labels_sha256": tensor_digest(poisoned_data.y_train), **poisoning.details}
-    poisoned = session.train(poisoned_data.x_train, poisoned_data.y_train, desc="poisoned model")
-    run.add_model("poisoned", {**evaluate(poisoned, data, target), **train_info(poisoned)})
+    results.attack = {"name": p.attack.name, "poison_indices": sorted(poison_idx.cpu().tolist()),
+                      "poisoned_labels_sha256": tensor_digest(poisoned_data.y_train), **poisoning.details}
+    poisoned = session.train_tracked(poisoned_data.x_train, poisoned_data.y_train, desc="poisoned model")
+    run.add_model(model_row("poisoned", poisoned, data, target))
 
     for entry in p.defenses:
-        ctx = DefenseContext(session, poisoned_data, p.options, poisoned, target, entry.plugin.threat,
+        ctx = DefenseContext(session, poisoned_data, p.options, poisoned.model, target, entry.plugin.threat,
                              len(poison_idx), data.y_train, poison_idx, entry.name)
         before = len(session.trained)
         try:
             with Timer() as timer:
                 out = entry.plugin.defend(ctx, p.options[entry.name])
-            row = {**evaluate(out.predictor, data, target), "train_seconds": round(
-                sum(t["seconds"] for t in session.trained[before:] if not t["cached"]), 3),
-                "defense_seconds": round(timer.seconds, 3),
-                "threat_model": entry.plugin.threat.describe()}
-            if out.removed_indices is not None:
-                row.update(removal_scores(out.removed_indices, poison_idx))
-            scores = out.scores
-            if scores is None and out.sample_weights is not None:
-                scores = -out.sample_weights  # a reweighting defense suspects what it down-weights
-            if scores is not None:
-                if len(scores) != len(poisoned_data.y_train):
-                    raise ValueError(f"scores has {len(scores)} entries for {len(poisoned_data.y_train)} training samples")
-                row["suspicion_auroc"] = suspicion_auroc(scores, poison_idx)
-            if out.sample_weights is not None:
-                w = out.sample_weights.float().cpu()
-                mask = torch.zeros(len(w), dtype=torch.bool)
-                mask[poison_idx.cpu()] = True
-                row["mean_weight_poison"] = round(w[mask].mean().item(), 6) if mask.any() else None
-                row["mean_weight_clean"] = round(w[~mask].mean().item(), 6)
-            if out.details:
-                row["details"] = out.details
-            if isinstance(out.predictor, EnsemblePredictor):
-                row.update(target_vote(out.predictor, target, data.classes, len(poison_idx), row["target_pred"]))
-            run.add_model(entry.name, row)
+            row = defense_row(entry.name, out, data, target, poison_idx, len(poisoned_data.y_train),
+                              train_seconds=round(session.training_seconds(since=before), 3),
+                              defense_seconds=round(timer.seconds, 3), threat_model=entry.plugin.threat.describe())
         except BaseException as exc:  # one failing defense (even one calling sys.exit) must not cost the others
             if isinstance(exc, KeyboardInterrupt):
                 raise
             tb = traceback.format_exc()
-            run.failures.append(entry.name)
-            run.add_model(entry.name, {"failed": True, "error": f"{type(exc).__name__}: {exc}"})
+            run.add_model(ModelRow.failure(entry.name, exc))
             if on_error:
                 on_error(entry.name, tb)
+        else:
+            run.add_model(row)
 
 
 def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[[dict[str, Any]], None],
@@ -311,31 +269,30 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
                       ModelCache(cache_dir(cache_root) if use_cache else None), p.device, config.seed)
     # build the model once now, so a broken model plugin fails before any training
     call_plugin(p.model, "build", data.num_classes, data.image_shape, p.options[p.model.name])
-    results: dict[str, Any] = {
-        "status": "running",
-        "config": config.to_dict(),
-        "resolved": {"recipe": p.recipe.to_dict(), "options": p.options, "device": str(p.device),
-                     "source_class": data.classes[source], "target_class": data.classes[target_class]},
-        "versions": versions(p),
-        "data": {"name": data.name, "fingerprint": data.fingerprint(), "train_size": len(data.y_train),
-                 "test_size": len(data.y_test), "classes": data.classes},
-        "plugins": {e.name: {"kind": e.kind, "distribution": e.dist, "version": e.version,
-                             **({"threat_model": e.plugin.threat.__dict__} if e.kind == "defense" else {})}
-                    for e in [p.dataset, p.model, p.attack, *p.defenses]},
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "models": [],
-    }
+    results = RunResults(
+        status="running",
+        config=config.to_dict(),
+        resolved={"recipe": p.recipe.to_dict(), "options": p.options, "device": str(p.device),
+                  "source_class": data.classes[source], "target_class": data.classes[target_class]},
+        versions=versions(p),
+        data={"name": data.name, "fingerprint": data.fingerprint(), "train_size": len(data.y_train),
+              "test_size": len(data.y_test), "classes": data.classes},
+        plugins={e.name: {"kind": e.kind, "distribution": e.dist, "version": e.version,
+                          **({"threat_model": e.plugin.threat.__dict__} if e.kind == "defense" else {})}
+                 for e in [p.dataset, p.model, p.attack, *p.defenses]},
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
     run = Run(results, save)
 
     try:
         run_models(p, session, data, source, target_class, run, on_error)
     except Exception as exc:  # the attack or a clean/poisoned training failed: say so in results.json
-        results["status"] = "failed"
-        results["error"] = f"{type(exc).__name__}: {exc}"
-        save(results)
+        results.status = "failed"
+        results.error = f"{type(exc).__name__}: {exc}"
+        run.write()
         raise
-    results["cache"] = {"hits": session.cache.hits, "misses": session.cache.misses}
-    results["status"] = "failed" if run.failures else "complete"
-    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    save(results)
-    return results
+    results.cache = {"hits": session.cache.hits, "misses": session.cache.misses}
+    results.status = "failed" if results.failures else "complete"
+    results.finished = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    run.write()
+    return results.to_dict()
