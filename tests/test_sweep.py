@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
 
 import pytest
 
@@ -200,3 +201,99 @@ def test_ctrl_c_exits_130_and_the_cell_in_flight_is_rerun(ptk, tmp_path, monkeyp
     monkeypatch.setattr(experiment, "run_experiment", real)
     res = ptk("sweep", "run", path, "--db", db)
     assert "1 complete, 0 failed, 1 already done" in res.output
+
+
+def sweep_process(path, db, env) -> subprocess.Popen:
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "ptk", "sweep", "run", str(path), "--db", str(db)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_driver_then_resume_gives_the_rows_of_an_uninterrupted_sweep(tmp_path):
+    import os
+    import signal
+    import time
+
+    path = tmp_path / "g.toml"
+    write_grid(path, 'targets = 3\n')
+    env = {**os.environ, "PTK_CACHE_DIR": str(tmp_path / "cache")}
+    whole = sweep_process(path, tmp_path / "whole" / "sweep.db", env)
+    assert whole.wait(timeout=600) == 0, whole.stdout.read()
+
+    env["PTK_CACHE_DIR"] = str(tmp_path / "cache-killed")  # trains everything again, then is killed
+    db = tmp_path / "killed" / "sweep.db"
+    driver = sweep_process(path, db, env)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # handshake: the first cell is complete in the store
+            try:
+                if db.exists() and any(c["status"] == "complete" for c in cells(db).values()):
+                    break
+            except sqlite3.OperationalError:  # the driver is still creating the tables
+                pass
+            time.sleep(0.05)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    done = [c for c in cells(db).values() if c["status"] == "complete"]
+    assert 1 <= len(done) < 3  # killed mid-sweep, the finished cell kept with its rows
+    assert {r["cell_id"] for r in rows(db)} == {c["cell_id"] for c in done}
+    resumed = sweep_process(path, db, env)
+    output = resumed.communicate(timeout=600)[0]
+    assert resumed.returncode == 0, output
+    assert f"{len(done)} already done" in output
+    numbers = ("cell_id", "name", "test_accuracy", "target_p_source", "target_p_target", "attack_success")
+    assert [tuple(r[c] for c in numbers) for r in rows(db)] == \
+        [tuple(r[c] for c in numbers) for r in rows(tmp_path / "whole" / "sweep.db")]
+
+
+def test_report_writes_tables_and_plots_whose_rates_match_the_store(ptk, tmp_path, monkeypatch):
+    from ptk.rates import wilson_interval
+    from ptk.store import Store
+
+    monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
+    path, db = tmp_path / "g.toml", tmp_path / "s" / "sweep.db"
+    write_grid(path, 'targets = 3\n"labelflip.budget" = [10, 30]\n')
+    ptk("sweep", "run", path, "--db", db)
+    # a pending cell (the grid grew but was not run) is counted by status, not by the rates
+    write_grid(path, 'targets = 3\n"labelflip.budget" = [10, 30, 20]\n')
+    store = Store(db)
+    for cell in expand(*read_grid(path, PRESETS), str(path)):
+        store.add_cell(cell.id, cell.config.to_dict(), cell.values)
+    store.close()
+    assert "3 pending, 0 running, 6 complete, 0 failed" in ptk("sweep", "status", db).output
+
+    res = ptk("sweep", "report", db, "--out", tmp_path / "report")
+    out = tmp_path / "report"
+    for name in ("report.md", "rates.csv", "rates.json", "success_vs_budget.png", "accuracy_vs_success.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "success_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((out / "rates.json").read_text())
+    assert saved["cells"]["complete"] == 6 and saved["cells"]["pending"] == 3
+    con = sqlite3.connect(db)
+    for r in saved["rates"]:  # each rate recomputed from the raw rows, with its Wilson interval
+        budget = r["setting"]["labelflip.budget"]
+        n, wins = con.execute("SELECT COUNT(*), SUM(attack_success) FROM models WHERE name=? AND budget=? AND NOT failed",
+                              (r["model"], budget)).fetchone()
+        assert (r["n"], r["successes"]) == (n, wins) == (3, r["successes"])
+        assert (r["rate_ci_low"], r["rate_ci_high"]) == pytest.approx(wilson_interval(wins, n))
+        if r["model"] == "poisoned":  # drop = clean accuracy - poisoned accuracy, cell by cell
+            drops = con.execute("SELECT c.test_accuracy - p.test_accuracy FROM models p JOIN models c USING (cell_id) "
+                                "WHERE p.name='poisoned' AND c.name='clean' AND p.budget=?", (budget,)).fetchall()
+            assert r["accuracy_drop"] == pytest.approx(sum(d for (d,) in drops) / 3)
+            lo, hi = r["accuracy_drop_ci"]
+            assert lo < r["accuracy_drop"] < hi
+    con.close()
+    assert "acc drop (95% CI)" in res.output and "rates.csv" in res.output
+    assert "poisoned" in (out / "rates.csv").read_text()
+
+
+def test_report_and_status_of_a_missing_store_name_the_fix(ptk, tmp_path):
+    for command in ("report", "status"):
+        res = ptk("sweep", command, tmp_path / "nope.db", expect=2)
+        assert "does not exist" in res.output and "ptk sweep run" in res.output
+    assert not (tmp_path / "nope.db").exists()

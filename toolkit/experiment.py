@@ -169,9 +169,11 @@ def choose_target(p: Plan, data, clean_model, source: int, target_class: int) ->
 
 def versions(p: Plan) -> dict[str, str]:
     """Software and hardware a result depends on. CPU results are bit-reproducible on one kind of CPU, not across
-    them (AVX2 and AVX-512 kernels sum in different orders), so the kernel ISA torch used is recorded too."""
+    them (AVX2 and AVX-512 kernels sum in different orders), nor across thread counts (a sweep's Ray cells run
+    with --cpus-per-cell threads), so the kernel ISA and torch's thread count are recorded too."""
     out = {"ptk": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
-           "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+           "python": platform.python_version(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+           "torch_threads": str(torch.get_num_threads())}
     if p.device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(p.device)
     for e in [p.dataset, p.model, p.attack, *p.defenses]:

@@ -182,6 +182,16 @@ def series(rates: list[Rate]) -> dict[str, list[Rate]]:
     return out
 
 
+def new_axes():
+    """A figure for a sweep plot, drawn without a display (Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(6.5, 4))
+
+
 def figure_png(fig) -> bytes:
     import matplotlib.pyplot as plt
 
@@ -192,20 +202,19 @@ def figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
+def wilson_bars(rates: list[Rate]) -> list[list[float]]:
+    """Error-bar lengths below and above each rate: its Wilson interval, which is not symmetric."""
+    return [[r.rate - r.interval[0] for r in rates], [r.interval[1] - r.rate for r in rates]]
+
+
 def plot_success_vs_budget(rates: list[Rate]) -> bytes:
     """Success rate against the poison budget, one line per model, Wilson intervals as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = new_axes()
     for i, (model, rs) in enumerate(series(rates).items()):
         rs = sorted((r for r in rs if r.budget is not None), key=lambda r: r.budget)
         xs = [r.budget * (1 + 0.015 * (i - 2)) for r in rs]  # a small offset so bars of equal budgets don't hide
         ys = [r.rate for r in rs]
-        err = [[r.rate - r.interval[0] for r in rs], [r.interval[1] - r.rate for r in rs]]
-        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=model)
+        ax.errorbar(xs, ys, yerr=wilson_bars(rs), marker="o", capsize=3, label=model)
     ax.set_xlabel("poisoned training samples (budget)")
     ax.set_ylabel("attack success rate")
     ax.set_ylim(-0.02, 1.02)
@@ -216,16 +225,10 @@ def plot_success_vs_budget(rates: list[Rate]) -> bytes:
 
 def plot_accuracy_vs_success(rates: list[Rate]) -> bytes:
     """Mean test accuracy against success rate per model and setting: the trade-off of each defense."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = new_axes()
     for model, rs in series(rates).items():
         rs = [r for r in rs if r.test_accuracy is not None]
-        err = [[r.rate - r.interval[0] for r in rs], [r.interval[1] - r.rate for r in rs]]
-        ax.errorbar([r.rate for r in rs], [r.test_accuracy for r in rs], xerr=err, fmt="o", capsize=3, label=model)
+        ax.errorbar([r.rate for r in rs], [r.test_accuracy for r in rs], xerr=wilson_bars(rs), fmt="o", capsize=3, label=model)
     ax.set_xlabel("attack success rate (lower is better)")
     ax.set_ylabel("mean test accuracy (higher is better)")
     ax.set_xlim(-0.02, 1.02)

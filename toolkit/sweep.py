@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,20 +108,44 @@ def expand(base: dict[str, Any], grid: dict[str, list[Any]], where: str) -> list
     return list(cells.values())
 
 
+class once_per_message(logging.Filter):
+    """While active, a logger passes each distinct message once: a warning a plugin's check gives for every
+    cell of a grid (say, a large label-flip budget) is printed once, not sixty times."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger, self.seen = logger, set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if message in self.seen:
+            return False
+        self.seen.add(message)
+        return True
+
+    def __enter__(self) -> "once_per_message":
+        self.logger.addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeFilter(self)
+
+
 def check_cells(cells: list[Cell], registry, data_root: Path | None) -> None:
     """Every cell planned and checked against its data as `ptk run` would, before the first training:
     a bad cell is refused naming the cell. Data are loaded once per distinct data setting."""
     from .experiment import check_against_data, load_data, plan
 
     loaded: dict[str, Any] = {}
-    for cell in cells:
-        try:
-            p = plan(cell.config, registry)
-            c = cell.config
-            key = json.dumps([c.dataset, p.options[p.dataset.name], c.subset, c.test_subset, c.seed], sort_keys=True,
-                             default=str)
-            if key not in loaded:
-                loaded[key] = load_data(p, data_root)
-            check_against_data(p, loaded[key])
-        except UsageError as exc:
-            raise UsageError(f"cell {cell.label}: {exc}") from None
+    with once_per_message(logging.getLogger("ptk")):
+        for cell in cells:
+            try:
+                p = plan(cell.config, registry)
+                c = cell.config
+                key = json.dumps([c.dataset, p.options[p.dataset.name], c.subset, c.test_subset, c.seed],
+                                 sort_keys=True, default=str)
+                if key not in loaded:
+                    loaded[key] = load_data(p, data_root)
+                check_against_data(p, loaded[key])
+            except UsageError as exc:
+                raise UsageError(f"cell {cell.label}: {exc}") from None
