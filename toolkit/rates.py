@@ -242,7 +242,9 @@ PLOTS = {"success_vs_budget.png": plot_success_vs_budget, "accuracy_vs_success.p
 
 def write_sweep_report(out: Path, rates: list[Rate], counts: dict[str, int]) -> list[Path]:
     """report.md, rates.csv, rates.json and the plots into ``out`` (each written atomically); their paths."""
-    plots = list(PLOTS) if any(series(rates).values()) else []
+    budgets = {r.budget for r in rates if r.budget is not None}
+    plots = [name for name in PLOTS if any(series(rates).values())
+             and (name != "success_vs_budget.png" or len(budgets) > 1)]  # one budget: no curve to draw
     for name in plots:
         write_bytes(out / name, PLOTS[name](rates))
     write_text(out / "report.md", rates_markdown(rates, counts, plots))
