@@ -73,11 +73,9 @@ class ArtSpectralSignatures(Defense):
         drop = torch.from_numpy(np.flatnonzero(flagged)).to(ctx.data.y_train.device)
         details = {"art_version": art_version(), "flagged": int(flagged.sum()),
                    "flagged_per_class": np.bincount(y[flagged], minlength=ctx.data.num_classes).tolist()}
-        suspicion = torch.from_numpy(scores)
-        if len(drop) == 0:
-            return DefenseResult(predictor=ctx.poisoned_model, removed_indices=drop, scores=suspicion, details=details)
-        model = ctx.train_without(drop, desc="art-spectral-signatures retrain")
-        return DefenseResult(predictor=model, removed_indices=drop, scores=suspicion, details=details)
+        # nothing flagged (a tiny expected_pp_poison): nothing to retrain without, the poisoned model stands
+        model = ctx.train_without(drop, desc="art-spectral-signatures retrain") if len(drop) else ctx.poisoned_model
+        return DefenseResult(predictor=model, removed_indices=drop, scores=torch.from_numpy(scores), details=details)
 
 
 @hookimpl

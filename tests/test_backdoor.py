@@ -5,7 +5,6 @@ measured for every model, ``knows_trigger``, and the ART-backed ``art-backdoor``
 from __future__ import annotations
 
 import functools
-import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from ptk_plugins import art_backdoor, art_spectral
 from ptk_plugins.activation_clustering_art import art_classifier
 
 from conftest import load_results, model_row
+from test_plugin_api import Blobs, TinyModel, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
 
 #: A real backdoor on digits: TINY's clean model (shared through the session's cache), 20% of the
 #: non-target training images poisoned. Measured on the 2-core machine: clean ASR 4.2%, poisoned 100%.
@@ -73,47 +73,6 @@ def test_backdoor_asr_is_the_share_of_triggered_non_target_images_sent_to_the_ta
 
 
 # --- an in-process run on small synthetic data: ASR on every row, knows_trigger enforced (c) ---------------
-
-
-class Blobs(ptk.DatasetSource):
-    name = "bd-blobs"
-    description = "three classes of 8x8 noise at different brightness"
-    default_source, default_target = "a", "b"
-
-    def load(self, data_dir: Path, options: dict[str, Any]) -> ptk.Dataset:
-        gen = torch.Generator().manual_seed(0)
-
-        def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            y = torch.arange(n) % 3
-            x = y[:, None, None, None] * 60 + torch.randint(0, 60, (n, 3, 8, 8), generator=gen)
-            return x.to(torch.uint8), y
-
-        (xtr, ytr), (xte, yte) = split(90), split(30)
-        return ptk.Dataset(self.name, xtr, ytr, xte, yte, ["a", "b", "c"])
-
-
-class TinyNet(nn.Module):
-    def __init__(self, classes: int, shape: tuple[int, int, int]) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), 16), nn.ReLU())
-        self.fc = nn.Linear(16, classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(feats)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-class TinyModel(ptk.ModelSpec):
-    name = "bd-mlp"
-    description = "one hidden layer"
-
-    def build(self, num_classes, image_shape, options) -> nn.Module:
-        return TinyNet(num_classes, image_shape)
 
 
 class PeeksAtTrigger(ptk.Defense):
@@ -188,7 +147,7 @@ def blobs_run(tmp_path: Path, attack: str, defenses: list[str], **options: Any) 
     reg = load_registry()
     reg.add_plugin(Plugins(), "bd-test")
     assert not reg.broken
-    config = ExperimentConfig(dataset="bd-blobs", model="bd-mlp", attack=attack, defenses=defenses, epochs=3,
+    config = ExperimentConfig(dataset="api-blobs", model="api-mlp", attack=attack, defenses=defenses, epochs=3,
                               lr=1e-2, batch_size=16, device="cpu", options=options)
     return run_experiment(config, reg, save=lambda r: None, data_root=tmp_path, use_cache=False)
 
@@ -206,7 +165,7 @@ def test_defense_reading_the_trigger_without_knows_trigger_violates_its_threat_m
     assert all("backdoor_asr" in m for m in r["models"] if not m.get("failed"))
     assert r["attack"]["goal"] == "backdoor"
     assert r["attack"]["trigger"] == {"target_class": "b", "description": trigger.description}
-    assert r["attack"]["poisoned"] == len(r["attack"]["poison_indices"]) == round(0.3 * 60)
+    assert r["attack"]["poisoned"] == len(r["attack"]["poison_indices"]) == round(0.3 * 40)
 
 
 def test_a_target_goal_attack_has_no_asr_and_defenses_knowing_the_trigger_get_none(tmp_path):
