@@ -108,8 +108,8 @@ class ArtBackdoor(Attack):
             raise UsageError(f"art-backdoor.fraction={options['fraction']} of {pool} training images poisons none; "
                              "raise -o art-backdoor.fraction or --subset")
         h, w = data.image_shape[1:]
-        if min(h, w) < 5:  # ART's pattern reaches 4 pixels in from the bottom-right corner
-            raise UsageError(f"art-backdoor needs images of at least 5 x 5 pixels, not {h} x {w}")
+        if min(h, w) < 4:  # ART's pattern reaches 4 pixels in from the bottom-right corner
+            raise UsageError(f"art-backdoor needs images of at least 4 x 4 pixels, not {h} x {w}")
 
     def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
         from ptk_plugins.activation_clustering_art import art_version
@@ -121,7 +121,7 @@ class ArtBackdoor(Attack):
         trigger = Trigger(apply=functools.partial(apply_trigger, trigger=kind), target_class=cls,
                           description=perturbation)
         return Poisoning(y_train=y, poison_indices=chosen, x_train=x, trigger=trigger,
-                         details={"art_version": art_version(), "trigger": kind, "perturbation": perturbation,
+                         details={"art_version": art_version(), "perturbation": perturbation,
                                   "fraction": options["fraction"], "backdoor_target_class": ctx.data.classes[cls],
                                   "pool_size": len(poison_pool(ctx.data.y_train, cls)), "poisoned": len(chosen)})
 
