@@ -1,4 +1,6 @@
-"""``activation-clustering.backend=art``: ART's own ActivationDefence on a ptk model.
+"""``activation-clustering.backend=art``: ART's own ActivationDefence on a ptk model, and the helpers every
+ART-backed ptk plugin shares (:func:`art_classifier`, :func:`art_training_arrays`, :func:`quiet_art`,
+:func:`art_version`).
 
 Two things in ART 1.20 need handling rather than copying:
 
@@ -92,6 +94,19 @@ def art_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classes
                              device_type="gpu" if device.type == "cuda" else "cpu")
 
 
+def art_training_arrays(data) -> tuple[np.ndarray, np.ndarray]:
+    """A Dataset's training images as ART's classifier takes them (float32 in [0, 1], N x C x H x W) and its
+    labels as integers, both numpy on the CPU."""
+    return data.x_train.float().div(255).cpu().numpy(), data.y_train.cpu().numpy()
+
+
+def art_version() -> str:
+    """The installed ART's version, for a plugin's ``details`` (ART is imported only when a plugin runs)."""
+    import art
+
+    return art.__version__
+
+
 def run_activation_defence(classifier, x: np.ndarray, y: np.ndarray, options: dict[str, Any],
                            seed: int) -> tuple[np.ndarray, list[np.ndarray], str]:
     """ART's ActivationDefence.detect_poison with ptk's options.
@@ -135,8 +150,7 @@ def check_art_options(options: dict[str, Any]) -> None:
 def art_backend_flags(ctx: DefenseContext, options: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     """Flags from ART's ActivationDefence on the poisoned model's penultimate layer (options passed
     :func:`check_art_options` before training)."""
-    x = ctx.data.x_train.float().div(255).cpu().numpy()
-    y = ctx.data.y_train.cpu().numpy()
+    x, y = art_training_arrays(ctx.data)
     with quiet_art():
         classifier = art_classifier(ctx.poisoned_model, tuple(ctx.data.image_shape), ctx.data.num_classes, ctx.device)
         flagged, clusters, analysed_by = run_activation_defence(classifier, x, y, options, ctx.seed)

@@ -87,4 +87,5 @@ def test_bilevel_defenses_through_the_cli(ptk, tmp_path):
     assert model_row(r, "bilevel-trusted")["test_accuracy"] > 0.3  # a working classifier (chance: 0.1)
     assert r["plugins"]["bilevel"]["threat_model"]["knows_target"] is True
     assert r["plugins"]["bilevel-trusted"]["threat_model"] == {
-        "knows_target": False, "trusted_data": True, "uses_poisoned_model": False, "knows_budget": False}
+        "knows_target": False, "trusted_data": True, "uses_poisoned_model": False, "knows_budget": False,
+        "knows_trigger": False}

@@ -16,6 +16,7 @@ from .api import (  # noqa: E402
     Poisoning,
     Predictor,
     ThreatModel,
+    Trigger,
 )
 from .context import AttackContext, DefenseContext, Target  # noqa: E402
 from .data import Dataset, stratified_indices  # noqa: E402
@@ -39,7 +40,7 @@ from .train import Recipe, autocast, epoch_batches, make_optimizer, optimizer_st
 __all__ = [
     "API_VERSION", "SUPPORTED_API_VERSIONS", "Attack", "AttackContext", "DataMissing", "Dataset",
     "DatasetSource", "Defense", "DefenseContext", "DefenseResult", "ModelSpec", "Option", "Poisoning",
-    "Predictor", "Target", "ThreatModel", "ThreatModelViolation", "UsageError", "hookimpl",
+    "Predictor", "Target", "ThreatModel", "ThreatModelViolation", "Trigger", "UsageError", "hookimpl",
     "stratified_indices", "__version__",
     # errors (all defined in ptk.errors)
     "DataCorrupt", "PluginError",

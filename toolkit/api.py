@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -24,12 +24,18 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 __all__ = ["API_VERSION", "SUPPORTED_API_VERSIONS", "Attack", "DataMissing", "DatasetSource", "Defense",
-           "DefenseResult", "ModelSpec", "Plugin", "Poisoning", "Predictor", "ThreatModel"]
+           "DefenseResult", "GOALS", "ModelSpec", "Plugin", "Poisoning", "Predictor", "ThreatModel", "Trigger"]
 
 #: Version of the plugin API. A plugin may declare ``api_version``; ptk refuses
 #: versions outside SUPPORTED_API_VERSIONS with a message naming the supported ones.
-API_VERSION = 1
-SUPPORTED_API_VERSIONS = (1,)
+#: Version 2 added attack goals (``Attack.goal``, ``Poisoning.trigger``) and
+#: ``ThreatModel.knows_trigger``; a version-1 plugin runs unchanged (it has neither).
+API_VERSION = 2
+SUPPORTED_API_VERSIONS = (1, 2)
+
+#: What an attack is after (``Attack.goal``): ``target``, one test image misclassified as the target class
+#: (the study's goal); ``backdoor``, every image carrying a trigger classified as the trigger's target class.
+GOALS = ("target", "backdoor")
 
 
 class Plugin:
@@ -57,25 +63,43 @@ class ThreatModel:
     trusted_data: bool = False
     uses_poisoned_model: bool = True
     knows_budget: bool = False
+    knows_trigger: bool = False
 
     def describe(self) -> str:
+        """The one-line summary reports show. ``knows the trigger`` appears only when declared, so the
+        summaries of defenses written before API version 2 (and sweep stores holding them) stay as they were."""
         parts = [
             "knows the target" if self.knows_target else "target unknown",
             "needs trusted clean data" if self.trusted_data else "no trusted data",
             "uses the poisoned model" if self.uses_poisoned_model else "does not use the poisoned model",
+            *(["knows the trigger"] if self.knows_trigger else []),
             "knows the poison budget" if self.knows_budget else "poison budget unknown",
         ]
         return ", ".join(parts)
 
 
+@dataclass(frozen=True)
+class Trigger:
+    """A backdoor attack's trigger: ``apply`` stamps it on a uint8 image batch (N, C, H, W) and returns the
+    stamped uint8 batch (same shape, same device; the input is left unchanged); an image carrying it should be
+    classified as ``target_class``. ``description`` is one line for results.json and reports."""
+
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    target_class: int
+    description: str = ""
+
+
 @dataclass
 class Poisoning:
-    """What an attack returns: the poisoned training labels (and images, if it changes them)."""
+    """What an attack returns: the poisoned training labels (and images, if it changes them), and for a
+    backdoor attack (``goal = "backdoor"``) its :class:`Trigger`, from which ptk measures every model's
+    attack success rate on triggered test images."""
 
     y_train: torch.Tensor
     poison_indices: torch.Tensor
     x_train: torch.Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    trigger: Trigger | None = None
 
 
 @runtime_checkable
@@ -107,9 +131,11 @@ class DefenseResult:
 
 
 class Attack(Plugin):
-    """A poisoning attack. Override :meth:`poison`."""
+    """A poisoning attack. Override :meth:`poison`; declare ``goal`` (one of :data:`GOALS`) if it is not
+    ``"target"``: a ``"backdoor"`` attack returns a :class:`Trigger` in its :class:`Poisoning`."""
 
     kind: ClassVar[str] = "attack"
+    goal: ClassVar[str] = "target"
 
     def poison(self, ctx: "AttackContext", options: dict[str, Any]) -> Poisoning:
         raise NotImplementedError

@@ -194,6 +194,8 @@ def describe_entry(e) -> dict[str, Any]:
          "distribution": e.dist, "version": e.version,
          "options": [{"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help,
                       **({"choices": list(o.choices)} if o.choices else {})} for o in e.plugin.options]}
+    if e.kind == "attack":
+        d["goal"] = e.plugin.goal
     if e.kind == "defense":
         d["threat_model"] = dict(e.plugin.threat.__dict__)
     return d
@@ -215,18 +217,23 @@ def plugins(name: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"plugins": entries, "broken": broken}, indent=2))
         return
+    width = max([22] + [len(e["name"]) for e in entries])  # names line up, art-spectral-signatures included
+    indent = " " * (width + 9)
     for e in entries:
-        click.echo(f"{e['kind']:8} {e['name']:22} {e['distribution']} {e['version']}  {e['description']}")
+        click.echo(f"{e['kind']:8} {e['name']:{width}} {e['distribution']} {e['version']}  {e['description']}")
+        if "goal" in e:
+            click.echo(f"{indent}goal: {e['goal']}")
         if "threat_model" in e:
             tm = e["threat_model"]
-            click.echo(f"{'':31}assumes: knows target={tm['knows_target']}, trusted data={tm['trusted_data']}, "
-                       f"uses poisoned model={tm['uses_poisoned_model']}")
+            trigger = ", knows trigger=True" if tm["knows_trigger"] else ""
+            click.echo(f"{indent}assumes: knows target={tm['knows_target']}, trusted data={tm['trusted_data']}, "
+                       f"uses poisoned model={tm['uses_poisoned_model']}{trigger}")
         if name:
             for o in e["options"]:
                 choices = f" (one of {', '.join(map(str, o['choices']))})" if "choices" in o else ""
                 click.echo(f"    -o {e['name']}.{o['name']}={o['default']}  [{o['type']}] {o['help']}{choices}")
     for b in broken:
-        click.echo(f"BROKEN   {b['source']:22} {b['dist']} {b['version']}  {b['error']}")
+        click.echo(f"BROKEN   {b['source']:{width}} {b['dist']} {b['version']}  {b['error']}")
 
 
 def main() -> None:

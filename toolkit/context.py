@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import train as trainlib
-from .api import ThreatModel
+from .api import ThreatModel, Trigger
 from .cache import ModelCache, cache_key, code_identity, tensor_digest
 from .data import Dataset, stratified_indices
 from .errors import ThreatModelViolation
@@ -224,14 +224,14 @@ class AttackContext(BaseContext):
 class DefenseContext(BaseContext):
     """Given to :meth:`ptk.Defense.defend`: the poisoned training set and the poisoned model.
 
-    ``target``, ``trusted_data`` and ``attack_budget`` are available only when the
-    defense's threat model declares them; otherwise reading them raises
+    ``target``, ``trigger``, ``trusted_data`` and ``attack_budget`` are available only
+    when the defense's threat model declares them; otherwise reading them raises
     ThreatModelViolation.
     """
 
     def __init__(self, session: Session, data: Dataset, options_of: dict, poisoned_model: Network,
                  target: Target, threat: ThreatModel, attack_budget: int, clean_labels: torch.Tensor,
-                 poison_indices: torch.Tensor, defense_name: str) -> None:
+                 poison_indices: torch.Tensor, defense_name: str, trigger: Trigger | None = None) -> None:
         super().__init__(session, data, options_of)
         self.poisoned_model = poisoned_model
         self.threat = threat
@@ -240,6 +240,7 @@ class DefenseContext(BaseContext):
         self._clean_labels = clean_labels
         self._poison = poison_indices
         self._name = defense_name
+        self._trigger = trigger
 
     @property
     def target(self) -> Target:
@@ -248,6 +249,15 @@ class DefenseContext(BaseContext):
                 f"defense {self._name!r} read the target image but its threat model says knows_target=False"
             )
         return self._target
+
+    @property
+    def trigger(self) -> Trigger | None:
+        """A backdoor attack's trigger (None for an attack without one), only for ``ThreatModel(knows_trigger=True)``."""
+        if not self.threat.knows_trigger:
+            raise ThreatModelViolation(
+                f"defense {self._name!r} read the backdoor trigger but its threat model says knows_trigger=False"
+            )
+        return self._trigger
 
     @property
     def attack_budget(self) -> int:

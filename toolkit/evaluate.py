@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .api import DefenseResult, Predictor
+from .api import DefenseResult, Predictor, Trigger
 from .context import Target, Trained
 from .data import Dataset
 from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance
@@ -42,20 +42,41 @@ def evaluate(predictor: nn.Module | Predictor, data: Dataset, target: Target) ->
     }
 
 
-def model_row(name: str, trained: Trained, data: Dataset, target: Target) -> ModelRow:
-    """The row of a model the runner trained itself (clean, poisoned)."""
-    return ModelRow(name, **evaluate(trained.model, data, target), train_seconds=round(trained.seconds, 3),
-                    cached=trained.cached)
+def backdoor_asr(predictor: nn.Module | Predictor, x_test: torch.Tensor, y_test: torch.Tensor,
+                 trigger: Trigger) -> float | None:
+    """A backdoor's attack success rate: the share of the test images whose true class is not the trigger's
+    target class that ``predictor`` assigns to that class once the trigger is stamped on them (None when
+    every test image is of the target class)."""
+    keep = y_test != trigger.target_class
+    if not keep.any():
+        return None
+    clean = x_test[keep]
+    stamped = trigger.apply(clean)
+    if not isinstance(stamped, torch.Tensor) or stamped.dtype != torch.uint8 or stamped.shape != clean.shape:
+        got = (f"{stamped.dtype} {tuple(stamped.shape)}" if isinstance(stamped, torch.Tensor)
+               else type(stamped).__name__)
+        raise ValueError(f"the trigger's apply returned {got}; expected uint8 {tuple(clean.shape)}")
+    pred = probabilities(predictor, stamped.to(x_test.device)).argmax(1)
+    return round((pred == trigger.target_class).float().mean().item(), 6)
+
+
+def model_row(name: str, trained: Trained, data: Dataset, target: Target, trigger: Trigger | None = None) -> ModelRow:
+    """The row of a model the runner trained itself (clean, poisoned); with a backdoor ``trigger``, its ASR."""
+    asr = None if trigger is None else backdoor_asr(trained.model, data.x_test, data.y_test, trigger)
+    return ModelRow(name, **evaluate(trained.model, data, target), backdoor_asr=asr,
+                    train_seconds=round(trained.seconds, 3), cached=trained.cached)
 
 
 def defense_row(name: str, out: DefenseResult, data: Dataset, target: Target, poison: torch.Tensor,
-                n_train: int, **fields: Any) -> ModelRow:
+                n_train: int, trigger: Trigger | None = None, **fields: Any) -> ModelRow:
     """The row of a defense: its predictor evaluated like every model, and what it returned scored against the
     true ``poison`` indices of the ``n_train`` training samples: removal precision and recall, the AUROC of
     its suspicion scores (or of minus its sample weights), the mean weight of poisoned vs other samples, and
     an ensemble's vote on the target (its prediction). ``fields``: further ModelRow fields (timings, threat
-    model)."""
+    model). With a backdoor ``trigger``, the predictor's attack success rate too."""
     measured = evaluate(out.predictor, data, target)
+    if trigger is not None:
+        measured["backdoor_asr"] = backdoor_asr(out.predictor, data.x_test, data.y_test, trigger)
     removal = None if out.removed_indices is None else removal_scores(out.removed_indices, poison)
     scores = out.scores
     if scores is None and out.sample_weights is not None:

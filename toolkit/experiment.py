@@ -19,11 +19,11 @@ import numpy
 import torch
 
 from . import __version__
-from .api import DataMissing
+from .api import DataMissing, Poisoning, Trigger
 from .cache import ModelCache, tensor_digest
 from .config import ExperimentConfig
 from .context import AttackContext, DefenseContext, Session, Target
-from .evaluate import defense_row, model_row
+from .evaluate import backdoor_asr, defense_row, model_row
 from .options import UsageError, resolve_options
 from .paths import cache_dir, data_dir
 from .registry import Entry, PluginError, Registry
@@ -201,6 +201,19 @@ def call_plugin(entry: Entry, method: str, *args: Any) -> Any:
         raise plugin_failure(entry, f"{method}()", exc) from exc
 
 
+def checked_trigger(entry: Entry, poisoning: Poisoning, data) -> Trigger | None:
+    """The trigger of a ``backdoor`` attack's poisoning; a missing one (backdoor), an unexpected one (any other
+    goal) or a target class outside the data set is the attack's bug, reported naming it."""
+    trigger, goal = poisoning.trigger, entry.plugin.goal
+    if (goal == "backdoor") != (trigger is not None):
+        problem = "returned no Trigger" if trigger is None else "returned a Trigger"
+        raise plugin_failure(entry, "poison()", ValueError(f"its goal is {goal!r} but it {problem}"))
+    if trigger is not None and not 0 <= trigger.target_class < data.num_classes:
+        raise plugin_failure(entry, "poison()", ValueError(
+            f"its trigger's target_class {trigger.target_class} is not a class index (0..{data.num_classes - 1})"))
+    return trigger
+
+
 @dataclass
 class Run:
     """A run in progress: its results, written out (as results.json's dict) after every step."""
@@ -224,26 +237,34 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
     target = choose_target(p, data, clean.model, source, target_class)
     results.target = {"index": target.index, "source_class": data.classes[source],
                       "target_class": data.classes[target_class]}
-    run.add_model(model_row("clean", clean, data, target))
+    clean_row = model_row("clean", clean, data, target)
+    run.add_model(clean_row)
 
     actx = AttackContext(session, data, p.options, clean.model, target)
     poisoning = call_plugin(p.attack, "poison", actx, attack_opts)
+    trigger = checked_trigger(p.attack, poisoning, data)
     poison_idx = poisoning.poison_indices.to(p.device).long()
     poisoned_data = type(data)(data.name, poisoning.x_train if poisoning.x_train is not None else data.x_train,
                                poisoning.y_train.to(p.device), data.x_test, data.y_test, data.classes)
-    results.attack = {"name": p.attack.name, "poison_indices": sorted(poison_idx.cpu().tolist()),
+    results.attack = {"name": p.attack.name, "goal": p.attack.plugin.goal,
+                      "poison_indices": sorted(poison_idx.cpu().tolist()),
                       "poisoned_labels_sha256": tensor_digest(poisoned_data.y_train), **poisoning.details}
+    if trigger is not None:
+        results.attack["trigger"] = {"target_class": data.classes[trigger.target_class],
+                                     "description": trigger.description}
+        # the clean row was written before the attack made the trigger; its ASR (the baseline) joins it now
+        clean_row.backdoor_asr = backdoor_asr(clean.model, data.x_test, data.y_test, trigger)
     poisoned = session.train_tracked(poisoned_data.x_train, poisoned_data.y_train, desc="poisoned model")
-    run.add_model(model_row("poisoned", poisoned, data, target))
+    run.add_model(model_row("poisoned", poisoned, data, target, trigger))
 
     for entry in p.defenses:
         ctx = DefenseContext(session, poisoned_data, p.options, poisoned.model, target, entry.plugin.threat,
-                             len(poison_idx), data.y_train, poison_idx, entry.name)
+                             len(poison_idx), data.y_train, poison_idx, entry.name, trigger)
         before = len(session.trained)
         try:
             with Timer() as timer:
                 out = entry.plugin.defend(ctx, p.options[entry.name])
-            row = defense_row(entry.name, out, data, target, poison_idx, len(poisoned_data.y_train),
+            row = defense_row(entry.name, out, data, target, poison_idx, len(poisoned_data.y_train), trigger,
                               train_seconds=round(session.training_seconds(since=before), 3),
                               defense_seconds=round(timer.seconds, 3), threat_model=entry.plugin.threat.describe())
         except BaseException as exc:  # one failing defense (even one calling sys.exit) must not cost the others

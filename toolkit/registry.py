@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .api import SUPPORTED_API_VERSIONS, Attack, DatasetSource, Defense, ModelSpec, Plugin
+from .api import GOALS, SUPPORTED_API_VERSIONS, Attack, DatasetSource, Defense, ModelSpec, Plugin
 from .errors import PluginError, UsageError
 
 GROUP = "ptk"
@@ -122,7 +122,8 @@ def hook_hint(obj: Any) -> str:
 
 
 def check_plugin(plugin: Any, kind: str) -> Plugin:
-    """Refuse objects of the wrong kind, without a name, or declaring an unsupported API version."""
+    """Refuse objects of the wrong kind, without a name, declaring an unsupported API version, or (attacks)
+    an unknown goal or a goal its API version does not have (goals other than ``target`` came with version 2)."""
     base = KINDS[kind]
     if not isinstance(plugin, base):
         raise TypeError(f"register_{kind}s registered {plugin!r}, which is not a ptk.{base.__name__}")
@@ -133,6 +134,11 @@ def check_plugin(plugin: Any, kind: str) -> Plugin:
             f"{kind} {plugin.name!r} declares plugin API version {plugin.api_version}; this ptk supports "
             f"{', '.join(map(str, SUPPORTED_API_VERSIONS))}: upgrade ptk or install a matching plugin version"
         )
+    if kind == "attack" and plugin.goal not in GOALS:
+        raise TypeError(f"attack {plugin.name!r} declares goal {plugin.goal!r}; goals are: {', '.join(GOALS)}")
+    if kind == "attack" and plugin.goal != "target" and plugin.api_version < 2:
+        raise TypeError(f"attack {plugin.name!r} declares goal {plugin.goal!r} with plugin API version "
+                        f"{plugin.api_version}; goals other than 'target' need api_version = 2")
     return plugin
 
 

@@ -10,6 +10,20 @@ from .atomic import write_bytes, write_json, write_text
 
 COLUMNS = ("model", "test acc", "P(source)", "P(target)", "pred", "success", "removed", "precision", "recall",
            "AUROC", "train s")
+#: A backdoor attack's runs add this column after "success": each model's attack success rate on triggered images.
+ASR_COLUMN = "ASR"
+
+
+def columns(results: dict[str, Any]) -> list[str]:
+    """The table's columns: COLUMNS, with ASR after "success" when a model row has a ``backdoor_asr``."""
+    cols = list(COLUMNS)
+    if has_asr(results):
+        cols.insert(cols.index("success") + 1, ASR_COLUMN)
+    return cols
+
+
+def has_asr(results: dict[str, Any]) -> bool:
+    return any("backdoor_asr" in m for m in results["models"])
 
 
 def fmt(value: Any, pct: bool = False) -> str:
@@ -27,15 +41,17 @@ def fmt(value: Any, pct: bool = False) -> str:
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     src = results.get("target", {}).get("source_class")
     tgt = results.get("target", {}).get("target_class")
+    asr = has_asr(results)
     rows = []
     for m in results["models"]:
         if m.get("failed"):
-            rows.append([m["name"], "FAILED: " + m["error"][:60]] + [""] * (len(COLUMNS) - 2))
+            rows.append([m["name"], "FAILED: " + m["error"][:60]] + [""] * (len(COLUMNS) + asr - 2))
             continue
         probs = m["target_probs"]
         rows.append([
             m["name"], fmt(m["test_accuracy"], True), fmt(probs.get(src), True), fmt(probs.get(tgt), True),
-            m["target_pred"], fmt(m["attack_success"]), fmt(m.get("removed_count")),
+            m["target_pred"], fmt(m["attack_success"]), *([fmt(m.get("backdoor_asr"), True)] if asr else []),
+            fmt(m.get("removed_count")),
             fmt(m.get("removal_precision"), True), fmt(m.get("removal_recall"), True),
             fmt(None if m.get("suspicion_auroc") is None else f"{m['suspicion_auroc']:.3f}"), fmt(m.get("train_seconds")),
         ])
@@ -43,8 +59,8 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
 
 
 def text_table(results: dict[str, Any]) -> str:
-    rows = [list(COLUMNS)] + table_rows(results)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
+    rows = [columns(results)] + table_rows(results)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
@@ -53,6 +69,8 @@ def text_table(results: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     t = results.get("target", {})
     cfg = results["config"]
+    cols = columns(results)
+    trigger = results.get("attack", {}).get("trigger")
     lines = [
         "# ptk report", "",
         f"- data set: {results['data']['name']} ({results['data']['train_size']} train / "
@@ -60,16 +78,19 @@ def markdown(results: dict[str, Any]) -> str:
         f"- model: {cfg['model']}, recipe: {results['resolved']['recipe']}",
         f"- attack: {cfg['attack']}, target: test image {t.get('index')} ({t.get('source_class')} -> "
         f"{t.get('target_class')}), poisoned samples: {len(results.get('attack', {}).get('poison_indices', []))}",
+        *([f"- backdoor trigger: {trigger['description']} -> class {trigger['target_class']}"] if trigger else []),
         f"- seed: {cfg['seed']}, device: {results['resolved']['device']}, status: {results['status']}",
         "- plugins: " + ", ".join(f"{name} ({p['distribution']} {p['version']})"
                                   for name, p in results.get("plugins", {}).items()), "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
     ]
     lines += ["| " + " | ".join(r) + " |" for r in table_rows(results)]
     lines += ["", "P(source) / P(target): probability the model gives the target image for its true (source) "
               "class and for the attacker's target class. success: the target image is predicted as the target "
-              "class. precision / recall: of the samples a defense removed, against the attack's true poison. "
+              "class. " + ("ASR: the backdoor's attack success rate, the share of test images not of the trigger's "
+              "target class that the model assigns to it once the trigger is stamped on them. " if ASR_COLUMN in cols
+              else "") + "precision / recall: of the samples a defense removed, against the attack's true poison. "
               "AUROC: of the defense's per-sample suspicion scores against the true poison, whatever its cut "
               "(0.5 = chance, 1 = every poisoned sample above every clean one).", ""]
     for m in results["models"]:
