@@ -72,6 +72,7 @@ class Rate:
     removal_recall: float | None
     suspicion_auroc: float | None
     seconds: float | None
+    backdoor_asr: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -111,7 +112,8 @@ def success_rates(rows: Iterable[dict[str, Any]]) -> list[Rate]:
         out.append(Rate(settings[key], model, len(ok), sum(int(m["attack_success"] or 0) for m in ok),
                         len(members) - len(ok), mean(values("budget")), mean(values("test_accuracy")),
                         mean(drops), t_interval(drops), mean(values("removal_precision")),
-                        mean(values("removal_recall")), mean(values("suspicion_auroc")), mean(seconds)))
+                        mean(values("removal_recall")), mean(values("suspicion_auroc")), mean(seconds),
+                        mean(values("backdoor_asr"))))
     order = {"clean": 0, "poisoned": 1}
     return sorted(out, key=lambda r: (json.dumps(r.setting, sort_keys=True), order.get(r.model, 2), r.model))
 
@@ -124,7 +126,12 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{100 * value:.{digits}f}%"
 
 
-def cells_of(r: Rate) -> list[str]:
+def head(rates: list[Rate]) -> list[str]:
+    """The table's columns; a backdoor's mean attack success rate on triggered test images where a sweep has one."""
+    return HEAD + ["backdoor ASR"] if any(r.backdoor_asr is not None for r in rates) else HEAD
+
+
+def cells_of(r: Rate, asr: bool = False) -> list[str]:
     """One table row: what a reader compares across defenses."""
     lo, hi = r.interval
     drop = "-" if r.accuracy_drop is None or r.model == "clean" else pct(r.accuracy_drop)
@@ -134,25 +141,28 @@ def cells_of(r: Rate) -> list[str]:
             f"{r.successes}/{r.n} = {r.rate:.0%}" if r.n else "-", f"{lo:.0%}-{hi:.0%}" if r.n else "-",
             pct(r.test_accuracy), drop, pct(r.removal_precision), pct(r.removal_recall),
             "-" if r.suspicion_auroc is None else f"{r.suspicion_auroc:.3f}",
-            "-" if r.seconds is None else f"{r.seconds:.1f}", str(r.failed)]
+            "-" if r.seconds is None else f"{r.seconds:.1f}", str(r.failed)] + ([pct(r.backdoor_asr)] if asr else [])
 
 
 def rates_table(rates: list[Rate]) -> str:
     """The rates as a plain-text table (the CLI prints it)."""
-    lines = [HEAD] + [cells_of(r) for r in rates]
-    width = [max(len(row[i]) for row in lines) for i in range(len(HEAD))]
+    columns = head(rates)
+    lines = [columns] + [cells_of(r, len(columns) > len(HEAD)) for r in rates]
+    width = [max(len(row[i]) for row in lines) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, width)).rstrip() for row in lines)
 
 
 def rates_markdown(rates: list[Rate], counts: dict[str, int], plots: list[str]) -> str:
     lines = ["# ptk sweep report", "",
              "cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()), "",
-             "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
-    lines += ["| " + " | ".join(cells_of(r)) + " |" for r in rates]
+             "| " + " | ".join(head(rates)) + " |", "|" + "---|" * len(head(rates))]
+    lines += ["| " + " | ".join(cells_of(r, len(head(rates)) > len(HEAD))) + " |" for r in rates]
     lines += ["", "attack success: runs whose model predicts the attacker's class for the target, with a 95% Wilson "
               "interval. acc drop: the clean model's test accuracy minus this model's, in the same cell (mean, 95% "
               "t interval). precision / recall / AUROC: a removal or reweighting defense's flags and suspicion "
-              "scores against the true poison. seconds: training plus defense time per run. Rates are over seeds "
+              "scores against the true poison. seconds: training plus defense time per run. backdoor ASR "
+              "(backdoor attacks): mean share of triggered test images of other classes the model assigns to the "
+              "trigger's class. Rates are over seeds "
               "and targets; every other grid value is a setting.", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -162,7 +172,7 @@ def rates_csv(rates: list[Rate]) -> str:
     buf = io.StringIO()
     fields = ["setting", "model", "n", "successes", "rate", "rate_ci_low", "rate_ci_high", "failed", "budget",
               "test_accuracy", "accuracy_drop", "accuracy_drop_ci_low", "accuracy_drop_ci_high", "removal_precision",
-              "removal_recall", "suspicion_auroc", "seconds"]
+              "removal_recall", "suspicion_auroc", "seconds", "backdoor_asr"]
     writer = csv.DictWriter(buf, fields)
     writer.writeheader()
     for r in rates:
