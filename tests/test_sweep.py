@@ -74,6 +74,7 @@ def test_grid_expands_to_checked_cells_with_stable_ids(tmp_path):
     ("targets = 0", "'targets' must be at least 1"),
     ("colour = [1]", "neither a run setting"),
     ("seed = []", "empty list"),
+    ("seed = 3", "grid key 'seed' must be a list of values"),
 ])
 def test_bad_grid_is_refused_naming_the_key(ptk, tmp_path, grid, message):
     path = tmp_path / "g.toml"

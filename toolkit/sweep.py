@@ -66,7 +66,10 @@ def read_grid(path: Path, presets: dict[str, dict[str, Any]]) -> tuple[dict[str,
         if key not in RUN_KEYS and "." not in key:
             raise UsageError(f"{path}: grid key {key!r} is neither a run setting ({', '.join(sorted(RUN_KEYS))}) "
                              "nor a plugin option written PLUGIN.OPTION")
-        lists[key] = value if isinstance(value, list) else [value]
+        if not isinstance(value, list):
+            raise UsageError(f"{path}: grid key {key!r} must be a list of values, e.g. {key} = [{value!r}]; "
+                             "a single value belongs above [grid], as a run setting")
+        lists[key] = value
         if not lists[key]:
             raise UsageError(f"{path}: grid key {key!r} has an empty list")
     return base, lists
