@@ -79,10 +79,10 @@ def target_class_of(data: Dataset, option: str, default: int) -> int:
     """The ``target_class`` option (a class name or index; empty: ``default``, the run's target class)."""
     if option == "":
         return default
-    if option in data.classes:
-        return data.classes.index(option)
-    if option.lstrip("-").isdigit() and 0 <= int(option) < data.num_classes:
-        return int(option)
+    try:
+        return data.class_index(option)  # a name, or an index written as digits
+    except UsageError:
+        pass
     raise UsageError(f"art-backdoor.target_class={option!r} is neither a class name nor an index "
                      f"0..{data.num_classes - 1}; classes are: {', '.join(data.classes)}")
 
