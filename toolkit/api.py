@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from .data import Dataset
 
 __all__ = ["API_VERSION", "SUPPORTED_API_VERSIONS", "Attack", "DataMissing", "DatasetSource", "Defense",
-           "DefenseResult", "GOALS", "ModelSpec", "Plugin", "Poisoning", "Predictor", "ThreatModel", "Trigger"]
+           "DefenseResult", "GOALS", "ModelSpec", "Plugin", "Poisoning", "Predictor", "ThreatModel", "Trigger",
+           "defense_goals", "goal_refusal"]
 
 #: Version of the plugin API. A plugin may declare ``api_version``; ptk refuses
 #: versions outside SUPPORTED_API_VERSIONS with a message naming the supported ones.
@@ -114,7 +115,10 @@ class DefenseResult:
     """What a defense returns.
 
     ``predictor`` is a trained ``nn.Module`` (from ``ctx.train``) or any
-    :class:`Predictor` such as an ensemble. ``removed_indices`` (training indices
+    :class:`Predictor` such as an ensemble. ``rejects`` makes the defense a test-time
+    input filter (STRIP, say): given uint8 images (N, C, H, W) it returns a bool per image,
+    True for one it refuses to classify; ptk then reports the share of clean and of
+    triggered test images it rejects, and counts a rejected input as an attack that failed. ``removed_indices`` (training indices
     the defense dropped) lets ptk score removal precision and recall against the
     true poison; ``sample_weights`` is for reweighting defenses; ``scores`` is a
     per-training-sample suspicion score (higher = more likely poison), from which
@@ -128,6 +132,7 @@ class DefenseResult:
     sample_weights: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    rejects: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 class Attack(Plugin):
@@ -145,10 +150,17 @@ class Attack(Plugin):
 
 
 class Defense(Plugin):
-    """A defense. Override :meth:`defend` and declare ``threat``."""
+    """A defense. Override :meth:`defend` and declare ``threat``.
+
+    ``goals``: the attack goals (:data:`GOALS`) it can defend against. Left None, they follow from the threat
+    model: a defense that reads the target image defends a ``target`` goal only (a backdoor attack has no
+    target image); any other defends both (one that reads the trigger gets None from a ``target`` attack). ptk refuses a
+    named defense against an attack outside its goals before any training, and ``--defense all`` skips it.
+    """
 
     kind: ClassVar[str] = "defense"
     threat: ClassVar[ThreatModel] = ThreatModel()
+    goals: ClassVar[tuple[str, ...] | None] = None
 
     def defend(self, ctx: "DefenseContext", options: dict[str, Any]) -> DefenseResult:
         raise NotImplementedError
@@ -186,3 +198,25 @@ class ModelSpec(Plugin):
 
     def build(self, num_classes: int, image_shape: tuple[int, int, int], options: dict[str, Any]) -> nn.Module:
         raise NotImplementedError
+
+
+def defense_goals(defense: Defense) -> tuple[str, ...]:
+    """The attack goals ``defense`` can defend against: its ``goals``, or those its threat model allows."""
+    if defense.goals is not None:
+        return tuple(defense.goals)
+    if defense.threat.knows_target:
+        return ("target",)
+    return GOALS
+
+
+def goal_refusal(defense: Defense, attack: Attack) -> str | None:
+    """Why ``defense`` cannot run against ``attack`` (None when it can): one sentence for a usage error or a note."""
+    goals = defense_goals(defense)
+    if attack.goal in goals:
+        return None
+    if defense.goals is None and defense.threat.knows_target:
+        why = f"it works from the target image (its threat model: {defense.threat.describe()})"
+    else:
+        why = f"it declares goals = {goals}"
+    return (f"defense {defense.name!r} defends only against {' or '.join(map(repr, goals))} attacks: {why}, and "
+            f"attack {attack.name!r} has the goal {attack.goal!r}")

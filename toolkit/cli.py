@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from . import __version__
+from .api import defense_goals
 from .config import PRESETS, ExperimentConfig, load_toml, merge
 from .options import UsageError, parse_assignments
 from .registry import PluginError, load_registry
@@ -198,6 +199,7 @@ def describe_entry(e) -> dict[str, Any]:
         d["goal"] = e.plugin.goal
     if e.kind == "defense":
         d["threat_model"] = dict(e.plugin.threat.__dict__)
+        d["goals"] = list(defense_goals(e.plugin))
     return d
 
 
@@ -228,6 +230,7 @@ def plugins(name: str | None, as_json: bool) -> None:
             trigger = ", knows trigger=True" if tm["knows_trigger"] else ""
             click.echo(f"{indent}assumes: knows target={tm['knows_target']}, trusted data={tm['trusted_data']}, "
                        f"uses poisoned model={tm['uses_poisoned_model']}{trigger}")
+            click.echo(f"{indent}defends goals: {', '.join(e['goals'])}")
         if name:
             for o in e["options"]:
                 choices = f" (one of {', '.join(map(str, o['choices']))})" if "choices" in o else ""

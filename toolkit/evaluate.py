@@ -3,7 +3,7 @@ results.json's ``models`` are built here, a defense's scoring (removal, suspicio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -12,8 +12,11 @@ from .api import DefenseResult, Predictor, Trigger
 from .context import Target, Trained
 from .data import Dataset
 from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance
-from .results import ModelRow, Removal, Suspicion, Vote, WeightMeans
+from .results import ModelRow, Rejection, Removal, Suspicion, Vote, WeightMeans
 from .train import predict_proba
+
+#: A test-time input filter (``DefenseResult.rejects``): uint8 images in, one bool per image out (True: rejected)
+Rejects = Callable[[torch.Tensor], torch.Tensor]
 
 
 def probabilities(predictor: nn.Module | Predictor, x: torch.Tensor) -> torch.Tensor:
@@ -42,11 +45,9 @@ def evaluate(predictor: nn.Module | Predictor, data: Dataset, target: Target) ->
     }
 
 
-def backdoor_asr(predictor: nn.Module | Predictor, x_test: torch.Tensor, y_test: torch.Tensor,
-                 trigger: Trigger) -> float | None:
-    """A backdoor's attack success rate: the share of the test images whose true class is not the trigger's
-    target class that ``predictor`` assigns to that class once the trigger is stamped on them (None when
-    every test image is of the target class)."""
+def triggered_test_images(x_test: torch.Tensor, y_test: torch.Tensor, trigger: Trigger) -> torch.Tensor | None:
+    """The test images not of the trigger's target class with the trigger stamped on (None when there are
+    none): what a backdoor's success is measured on."""
     keep = y_test != trigger.target_class
     if not keep.any():
         return None
@@ -56,8 +57,41 @@ def backdoor_asr(predictor: nn.Module | Predictor, x_test: torch.Tensor, y_test:
         got = (f"{stamped.dtype} {tuple(stamped.shape)}" if isinstance(stamped, torch.Tensor)
                else type(stamped).__name__)
         raise ValueError(f"the trigger's apply returned {got}; expected uint8 {tuple(clean.shape)}")
-    pred = probabilities(predictor, stamped.to(x_test.device)).argmax(1)
-    return round((pred == trigger.target_class).float().mean().item(), 6)
+    return stamped.to(x_test.device)
+
+
+def backdoor_asr(predictor: nn.Module | Predictor, x_test: torch.Tensor, y_test: torch.Tensor,
+                 trigger: Trigger, rejects: Rejects | None = None) -> float | None:
+    """A backdoor's attack success rate: the share of the test images whose true class is not the trigger's
+    target class that ``predictor`` assigns to that class once the trigger is stamped on them (None when
+    every test image is of the target class). With a test-time filter ``rejects``, an image it rejects is
+    not a success."""
+    stamped = triggered_test_images(x_test, y_test, trigger)
+    if stamped is None:
+        return None
+    hit = probabilities(predictor, stamped).argmax(1) == trigger.target_class
+    if rejects is not None:
+        hit &= ~rejection_mask(rejects, stamped)
+    return round(hit.float().mean().item(), 6)
+
+
+def rejection_mask(rejects: Rejects, x: torch.Tensor) -> torch.Tensor:
+    """A defense's ``rejects`` on ``x``, checked: one bool per image."""
+    mask = rejects(x)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (len(x),):
+        got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"the defense's rejects returned {got}; expected one bool per image, ({len(x)},)")
+    return mask.to(x.device)
+
+
+def rejection(rejects: Rejects, data: Dataset, target: Target, trigger: Trigger | None) -> Rejection:
+    """A test-time filter's refusals of the clean test images, of the triggered ones and of the target image."""
+    stamped = None if trigger is None else triggered_test_images(data.x_test, data.y_test, trigger)
+    return Rejection(
+        rejected_clean=round(rejection_mask(rejects, data.x_test).float().mean().item(), 6),
+        rejected_triggered=None if stamped is None else round(rejection_mask(rejects, stamped).float().mean().item(), 6),
+        target_rejected=bool(rejection_mask(rejects, target.image)[0]),
+    )
 
 
 def model_row(name: str, trained: Trained, data: Dataset, target: Target, trigger: Trigger | None = None) -> ModelRow:
@@ -76,7 +110,8 @@ def defense_row(name: str, out: DefenseResult, data: Dataset, target: Target, po
     model). With a backdoor ``trigger``, the predictor's attack success rate too."""
     measured = evaluate(out.predictor, data, target)
     if trigger is not None:
-        measured["backdoor_asr"] = backdoor_asr(out.predictor, data.x_test, data.y_test, trigger)
+        measured["backdoor_asr"] = backdoor_asr(out.predictor, data.x_test, data.y_test, trigger, out.rejects)
+    refused = None if out.rejects is None else rejection(out.rejects, data, target, trigger)
     removal = None if out.removed_indices is None else removal_scores(out.removed_indices, poison)
     scores = out.scores
     if scores is None and out.sample_weights is not None:
@@ -90,8 +125,10 @@ def defense_row(name: str, out: DefenseResult, data: Dataset, target: Target, po
         vote = target_vote(out.predictor, target, data.classes, len(poison), measured["target_pred"])
         measured.update(target_pred=vote.target_vote_pred,
                         attack_success=vote.target_vote_pred == data.classes[target.target_class])
+    if refused is not None and refused.target_rejected:
+        measured["attack_success"] = False  # the filter refuses the target image: the attack did not get its way
     return ModelRow(name, **measured, **fields, removal=removal, suspicion=suspicion, weights=weights,
-                    details=out.details or None, vote=vote)
+                    details=out.details or None, vote=vote, rejection=refused)
 
 
 def suspicion_auroc(scores: torch.Tensor, poison: torch.Tensor) -> float | None:

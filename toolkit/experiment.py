@@ -11,7 +11,7 @@ import logging
 import platform
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +19,7 @@ import numpy
 import torch
 
 from . import __version__
-from .api import DataMissing, Poisoning, Trigger
+from .api import DataMissing, Poisoning, Trigger, goal_refusal
 from .cache import ModelCache, tensor_digest
 from .config import ExperimentConfig
 from .context import AttackContext, DefenseContext, Session, Target
@@ -45,6 +45,7 @@ class Plan:
     options: dict[str, dict[str, Any]]
     recipe: Recipe
     device: torch.device
+    skipped: dict[str, str] = field(default_factory=dict)  # defense name -> why `--defense all` left it out
 
 
 def pick_device(name: str) -> torch.device:
@@ -64,10 +65,19 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
     dataset = registry.get("dataset", config.dataset)
     model = registry.get("model", config.model)
     attack = registry.get("attack", config.attack)
+    named = [n for n in config.defenses if n not in ("all", "none")]
+    for entry in [registry.get("defense", n) for n in named]:
+        if (why := goal_refusal(entry.plugin, attack.plugin)) is not None:
+            raise UsageError(f"{why}; drop --defense {entry.name}")
+    skipped: dict[str, str] = {}
     names: list[str] = []
     for name in config.defenses:
         if name == "all":
-            names += registry.names("defense")
+            for entry in map(lambda n: registry.get("defense", n), registry.names("defense")):
+                if (why := goal_refusal(entry.plugin, attack.plugin)) is None:
+                    names.append(entry.name)
+                elif entry.name not in named:
+                    skipped[entry.name] = why
         elif name != "none":
             names.append(name)
     defenses = [registry.get("defense", n) for n in dict.fromkeys(names)]
@@ -90,7 +100,9 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
         batch_size=defaults["batch_size"] if config.batch_size is None else config.batch_size,
         lr=defaults["lr"] if config.lr is None else config.lr,
     )
-    return Plan(config, dataset, model, attack, defenses, options, recipe, pick_device(config.device))
+    for name, why in skipped.items():
+        log.warning("--defense all skips %s: %s", name, why)
+    return Plan(config, dataset, model, attack, defenses, options, recipe, pick_device(config.device), skipped)
 
 
 def load_data(p: Plan, data_root: Path | None):
@@ -304,6 +316,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
                           **({"threat_model": e.plugin.threat.__dict__} if e.kind == "defense" else {})}
                  for e in [p.dataset, p.model, p.attack, *p.defenses]},
         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        skipped_defenses=dict(p.skipped) or None,
     )
     run = Run(results, save)
 

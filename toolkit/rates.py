@@ -73,6 +73,8 @@ class Rate:
     suspicion_auroc: float | None
     seconds: float | None
     backdoor_asr: float | None = None
+    rejected_clean: float | None = None
+    rejected_triggered: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -113,7 +115,8 @@ def success_rates(rows: Iterable[dict[str, Any]]) -> list[Rate]:
                         len(members) - len(ok), mean(values("budget")), mean(values("test_accuracy")),
                         mean(drops), t_interval(drops), mean(values("removal_precision")),
                         mean(values("removal_recall")), mean(values("suspicion_auroc")), mean(seconds),
-                        mean(values("backdoor_asr"))))
+                        mean(values("backdoor_asr")), mean(values("rejected_clean")),
+                        mean(values("rejected_triggered"))))
     order = {"clean": 0, "poisoned": 1}
     return sorted(out, key=lambda r: (json.dumps(r.setting, sort_keys=True), order.get(r.model, 2), r.model))
 
@@ -127,11 +130,14 @@ def pct(value: float | None, digits: int = 1) -> str:
 
 
 def head(rates: list[Rate]) -> list[str]:
-    """The table's columns; a backdoor's mean attack success rate on triggered test images where a sweep has one."""
-    return HEAD + ["backdoor ASR"] if any(r.backdoor_asr is not None for r in rates) else HEAD
+    """The table's columns; a backdoor's mean attack success rate on triggered test images where a sweep has
+    one, and a test-time filter's mean rejection shares where it has one."""
+    asr = ["backdoor ASR"] if any(r.backdoor_asr is not None for r in rates) else []
+    filters = ["rejected clean", "rejected triggered"] if any(r.rejected_clean is not None for r in rates) else []
+    return HEAD + asr + filters
 
 
-def cells_of(r: Rate, asr: bool = False) -> list[str]:
+def cells_of(r: Rate, asr: bool = False, filters: bool = False) -> list[str]:
     """One table row: what a reader compares across defenses."""
     lo, hi = r.interval
     drop = "-" if r.accuracy_drop is None or r.model == "clean" else pct(r.accuracy_drop)
@@ -141,13 +147,19 @@ def cells_of(r: Rate, asr: bool = False) -> list[str]:
             f"{r.successes}/{r.n} = {r.rate:.0%}" if r.n else "-", f"{lo:.0%}-{hi:.0%}" if r.n else "-",
             pct(r.test_accuracy), drop, pct(r.removal_precision), pct(r.removal_recall),
             "-" if r.suspicion_auroc is None else f"{r.suspicion_auroc:.3f}",
-            "-" if r.seconds is None else f"{r.seconds:.1f}", str(r.failed)] + ([pct(r.backdoor_asr)] if asr else [])
+            "-" if r.seconds is None else f"{r.seconds:.1f}", str(r.failed)] + ([pct(r.backdoor_asr)] if asr else []) \
+        + ([pct(r.rejected_clean), pct(r.rejected_triggered)] if filters else [])
+
+
+def optional_columns(columns: list[str]) -> tuple[bool, bool]:
+    """Which optional column groups ``columns`` (from :func:`head`) shows: (backdoor ASR, rejection shares)."""
+    return "backdoor ASR" in columns, "rejected clean" in columns
 
 
 def rates_table(rates: list[Rate]) -> str:
     """The rates as a plain-text table (the CLI prints it)."""
     columns = head(rates)
-    lines = [columns] + [cells_of(r, len(columns) > len(HEAD)) for r in rates]
+    lines = [columns] + [cells_of(r, *optional_columns(columns)) for r in rates]
     width = [max(len(row[i]) for row in lines) for i in range(len(columns))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, width)).rstrip() for row in lines)
 
@@ -156,13 +168,15 @@ def rates_markdown(rates: list[Rate], counts: dict[str, int], plots: list[str]) 
     lines = ["# ptk sweep report", "",
              "cells: " + ", ".join(f"{v} {k}" for k, v in counts.items()), "",
              "| " + " | ".join(head(rates)) + " |", "|" + "---|" * len(head(rates))]
-    lines += ["| " + " | ".join(cells_of(r, len(head(rates)) > len(HEAD))) + " |" for r in rates]
+    lines += ["| " + " | ".join(cells_of(r, *optional_columns(head(rates)))) + " |" for r in rates]
     lines += ["", "attack success: runs whose model predicts the attacker's class for the target, with a 95% Wilson "
               "interval. acc drop: the clean model's test accuracy minus this model's, in the same cell (mean, 95% "
               "t interval). precision / recall / AUROC: a removal or reweighting defense's flags and suspicion "
               "scores against the true poison. seconds: training plus defense time per run. backdoor ASR "
               "(backdoor attacks): mean share of triggered test images of other classes the model assigns to the "
-              "trigger's class. Rates are over seeds "
+              "trigger's class. rejected clean / triggered (test-time filters): mean share of clean and of "
+              "triggered test images the filter refuses to classify; a refused input is not a success. Rates are "
+              "over seeds "
               "and targets; every other grid value is a setting.", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
@@ -172,7 +186,7 @@ def rates_csv(rates: list[Rate]) -> str:
     buf = io.StringIO()
     fields = ["setting", "model", "n", "successes", "rate", "rate_ci_low", "rate_ci_high", "failed", "budget",
               "test_accuracy", "accuracy_drop", "accuracy_drop_ci_low", "accuracy_drop_ci_high", "removal_precision",
-              "removal_recall", "suspicion_auroc", "seconds", "backdoor_asr"]
+              "removal_recall", "suspicion_auroc", "seconds", "backdoor_asr", "rejected_clean", "rejected_triggered"]
     writer = csv.DictWriter(buf, fields)
     writer.writeheader()
     for r in rates:

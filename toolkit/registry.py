@@ -123,7 +123,8 @@ def hook_hint(obj: Any) -> str:
 
 def check_plugin(plugin: Any, kind: str) -> Plugin:
     """Refuse objects of the wrong kind, without a name, declaring an unsupported API version, or (attacks)
-    an unknown goal or a goal its API version does not have (goals other than ``target`` came with version 2)."""
+    an unknown goal or a goal its API version does not have (goals other than ``target`` came with version 2);
+    (defenses) goals that are not attack goals."""
     base = KINDS[kind]
     if not isinstance(plugin, base):
         raise TypeError(f"register_{kind}s registered {plugin!r}, which is not a ptk.{base.__name__}")
@@ -139,6 +140,9 @@ def check_plugin(plugin: Any, kind: str) -> Plugin:
     if kind == "attack" and plugin.goal != "target" and plugin.api_version < 2:
         raise TypeError(f"attack {plugin.name!r} declares goal {plugin.goal!r} with plugin API version "
                         f"{plugin.api_version}; goals other than 'target' need api_version = 2")
+    if kind == "defense" and plugin.goals is not None and (not plugin.goals or set(plugin.goals) - set(GOALS)):
+        raise TypeError(f"defense {plugin.name!r} declares goals {plugin.goals!r}; give one or more of: "
+                        f"{', '.join(GOALS)} (or leave goals = None to follow the threat model)")
     return plugin
 
 

@@ -12,6 +12,8 @@ COLUMNS = ("model", "test acc", "P(source)", "P(target)", "pred", "success", "re
            "AUROC", "train s")
 #: A backdoor attack's runs add this column after "success": each model's attack success rate on triggered images.
 ASR_COLUMN = "ASR"
+#: A run with a test-time input filter adds these after "recall": the shares of clean and triggered test images rejected.
+REJECT_COLUMNS = ("rej. clean", "rej. trig.")
 
 
 def columns(results: dict[str, Any]) -> list[str]:
@@ -19,11 +21,18 @@ def columns(results: dict[str, Any]) -> list[str]:
     cols = list(COLUMNS)
     if has_asr(results):
         cols.insert(cols.index("success") + 1, ASR_COLUMN)
+    if has_filter(results):
+        at = cols.index("recall") + 1
+        cols[at:at] = REJECT_COLUMNS
     return cols
 
 
 def has_asr(results: dict[str, Any]) -> bool:
     return any("backdoor_asr" in m for m in results["models"])
+
+
+def has_filter(results: dict[str, Any]) -> bool:
+    return any("rejected_clean" in m for m in results["models"])
 
 
 def fmt(value: Any, pct: bool = False) -> str:
@@ -41,11 +50,11 @@ def fmt(value: Any, pct: bool = False) -> str:
 def table_rows(results: dict[str, Any]) -> list[list[str]]:
     src = results.get("target", {}).get("source_class")
     tgt = results.get("target", {}).get("target_class")
-    asr = has_asr(results)
+    asr, filters = has_asr(results), has_filter(results)
     rows = []
     for m in results["models"]:
         if m.get("failed"):
-            rows.append([m["name"], "FAILED: " + m["error"][:60]] + [""] * (len(COLUMNS) + asr - 2))
+            rows.append([m["name"], "FAILED: " + m["error"][:60]] + [""] * (len(columns(results)) - 2))
             continue
         probs = m["target_probs"]
         rows.append([
@@ -53,6 +62,7 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             m["target_pred"], fmt(m["attack_success"]), *([fmt(m.get("backdoor_asr"), True)] if asr else []),
             fmt(m.get("removed_count")),
             fmt(m.get("removal_precision"), True), fmt(m.get("removal_recall"), True),
+            *([fmt(m.get("rejected_clean"), True), fmt(m.get("rejected_triggered"), True)] if filters else []),
             fmt(None if m.get("suspicion_auroc") is None else f"{m['suspicion_auroc']:.3f}"), fmt(m.get("train_seconds")),
         ])
     return rows
@@ -79,6 +89,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"- attack: {cfg['attack']}, target: test image {t.get('index')} ({t.get('source_class')} -> "
         f"{t.get('target_class')}), poisoned samples: {len(results.get('attack', {}).get('poison_indices', []))}",
         *([f"- backdoor trigger: {trigger['description']} -> class {trigger['target_class']}"] if trigger else []),
+        *[f"- skipped by --defense all: {name}: {why}" for name, why in (results.get("skipped_defenses") or {}).items()],
         f"- seed: {cfg['seed']}, device: {results['resolved']['device']}, status: {results['status']}",
         "- plugins: " + ", ".join(f"{name} ({p['distribution']} {p['version']})"
                                   for name, p in results.get("plugins", {}).items()), "",
@@ -90,13 +101,15 @@ def markdown(results: dict[str, Any]) -> str:
               "class and for the attacker's target class. success: the target image is predicted as the target "
               "class. " + ("ASR: the backdoor's attack success rate, the share of test images not of the trigger's "
               "target class that the model assigns to it once the trigger is stamped on them. " if ASR_COLUMN in cols
+              else "") + ("rej. clean / rej. trig.: the share of clean and of triggered test images a test-time "
+              "filter refuses to classify (a refused input counts as a failed attack). " if REJECT_COLUMNS[0] in cols
               else "") + "precision / recall: of the samples a defense removed, against the attack's true poison. "
               "AUROC: of the defense's per-sample suspicion scores against the true poison, whatever its cut "
               "(0.5 = chance, 1 = every poisoned sample above every clean one).", ""]
     for m in results["models"]:
         extra = {k: v for k, v in m.items() if k in ("threat_model", "details", "target_votes",
                  "target_certified_tolerance", "budget_exceeds_certificate", "mean_weight_poison",
-                 "mean_weight_clean")}
+                 "mean_weight_clean", "target_rejected")}
         if extra:
             lines.append(f"## {m['name']}")
             lines += [f"- {k}: {v}" for k, v in extra.items()]

@@ -5,7 +5,7 @@ Built by the runner (rows in :mod:`ptk.evaluate`), written as results.json by
 Every field is named as its results.json key. A field that defaults to ``None`` (or
 ``False``) is optional: it is left out while it has that default, as a defense that
 removes nothing has no ``removed_count``. A group of fields that only comes together
-(:class:`Removal`, :class:`Suspicion`, :class:`WeightMeans`, :class:`Vote`) is a
+(:class:`Removal`, :class:`Suspicion`, :class:`WeightMeans`, :class:`Vote`, :class:`Rejection`) is a
 dataclass of its own whose keys sit in the row beside the others: the group is there
 or not as a whole, and a required field of a group is written even when it is null
 (``removal_precision`` of an empty removal).
@@ -75,6 +75,17 @@ class Vote:
     budget_exceeds_certificate: bool | None = None
 
 
+@dataclass(frozen=True)
+class Rejection:
+    """A test-time input filter's refusals: the share of clean test images it rejects (its cost), of triggered
+    ones (backdoor attacks; its catch), and whether it rejects the target image. A rejected input counts as
+    an attack that failed: the row's ``attack_success`` and ``backdoor_asr`` are measured after the filter."""
+
+    rejected_clean: float
+    rejected_triggered: float | None
+    target_rejected: bool
+
+
 @dataclass
 class ModelRow:
     """One model of a run (clean, poisoned, or a defense's), an entry of results.json's ``models``."""
@@ -95,6 +106,7 @@ class ModelRow:
     weights: WeightMeans | None = None
     details: dict[str, Any] | None = None
     vote: Vote | None = None
+    rejection: Rejection | None = None
     failed: bool = False
     error: str | None = None
 
@@ -129,6 +141,7 @@ class RunResults:
     cache: dict[str, int] | None = None
     finished: str | None = None
     error: str | None = None
+    skipped_defenses: dict[str, str] | None = None  # `--defense all` only: defense -> why it cannot run here
 
     @property
     def failures(self) -> list[str]:

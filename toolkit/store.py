@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS models (
     target_pred TEXT,
     attack_success INTEGER,        -- 0/1: the target is predicted as the attacker's class
     backdoor_asr REAL,             -- backdoor attacks: share of triggered non-target test images sent to the target
+    rejected_clean REAL,           -- test-time filters: share of clean test images rejected
+    rejected_triggered REAL,       -- test-time filters: share of triggered test images rejected
     removed_count INTEGER,
     removal_precision REAL,
     removal_recall REAL,
@@ -79,7 +81,7 @@ class Store:
         self.add_missing_columns()
 
     def add_missing_columns(self) -> None:
-        """A store made by an older ptk lacks the columns added since (``backdoor_asr``): add them, empty, so
+        """A store made by an older ptk lacks the columns added since (``backdoor_asr``, ``rejected_*``): add them, empty, so
         its sweep can resume with this ptk. SQLite appends them at the end; inserts name their columns."""
         have = {row[1] for row in self.db.execute("PRAGMA table_info(models)")}
         for name, sql_type in ADDED_MODEL_COLUMNS.items():
@@ -160,11 +162,11 @@ class Store:
 
 MODEL_COLUMNS = ("cell_id", "name", "seed", "attack", "budget", "target_index", "source_class", "target_class",
                  "test_accuracy", "target_p_source", "target_p_target", "target_pred", "attack_success",
-                 "backdoor_asr", "removed_count", "removal_precision", "removal_recall", "suspicion_auroc",
+                 "backdoor_asr", "rejected_clean", "rejected_triggered", "removed_count", "removal_precision", "removal_recall", "suspicion_auroc",
                  "train_seconds", "defense_seconds", "threat_model", "failed", "error", "row")
 #: Columns added to ``models`` after the first release of the schema, with their SQL types (see
 #: :meth:`Store.add_missing_columns`).
-ADDED_MODEL_COLUMNS = {"backdoor_asr": "REAL"}
+ADDED_MODEL_COLUMNS = {"backdoor_asr": "REAL", "rejected_clean": "REAL", "rejected_triggered": "REAL"}
 
 
 def model_rows(cell_id: str, results: dict[str, Any]) -> Iterator[tuple]:
@@ -179,6 +181,7 @@ def model_rows(cell_id: str, results: dict[str, Any]) -> Iterator[tuple]:
         slim = {k: v for k, v in m.items() if k != "removed_indices"}  # indices stay in results.json, not here
         yield (cell_id, m["name"], results["config"]["seed"], attack.get("name"), budget, target.get("index"), src,
                tgt, m.get("test_accuracy"), probs.get(src), probs.get(tgt), m.get("target_pred"),
-               None if success is None else int(success), m.get("backdoor_asr"), m.get("removed_count"),
+               None if success is None else int(success), m.get("backdoor_asr"), m.get("rejected_clean"),
+               m.get("rejected_triggered"), m.get("removed_count"),
                m.get("removal_precision"), m.get("removal_recall"), m.get("suspicion_auroc"), m.get("train_seconds"), m.get("defense_seconds"),
                m.get("threat_model"), int(bool(m.get("failed"))), m.get("error"), json.dumps(slim))

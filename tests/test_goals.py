@@ -1,0 +1,201 @@
+"""Which defenses can face which attack goal (``Defense.goals``, derived from the threat model by default), and
+test-time input filters (``DefenseResult.rejects``): their rejection shares, and rejected inputs counted as
+failed attacks, in results.json, report.md and the sweep store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import ptk
+from ptk.api import defense_goals, goal_refusal
+from ptk.config import ExperimentConfig
+from ptk.evaluate import backdoor_asr
+from ptk.experiment import plan, run_experiment
+from ptk.options import UsageError
+from ptk.registry import check_plugin, load_registry
+from ptk.report import markdown
+from ptk.store import Store
+
+from conftest import model_row
+from test_plugin_api import Blobs, TinyModel
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def stamped_corner(x: torch.Tensor) -> torch.Tensor:
+    """The test's own notion of "triggered": the top-left pixel of every channel at 255."""
+    return x[:, :, 0, 0].eq(255).all(1)
+
+
+class CornerFilter(ptk.Defense):
+    """A test-time filter that rejects every image whose top-left pixel is 255 (art-backdoor stamps the
+    bottom-right corner, so a rejection here is this filter's own rule, checked against a hand count)."""
+
+    name = "goal-corner-filter"
+    description = "rejects images with a white top-left pixel"
+    api_version = 2
+    goals = ("backdoor",)
+
+    def defend(self, ctx: ptk.DefenseContext, options: dict[str, Any]) -> ptk.DefenseResult:
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, rejects=stamped_corner)
+
+
+class RejectAll(ptk.Defense):
+    """Rejects every input: no attack can succeed through it, and it costs every clean input."""
+
+    name = "goal-reject-all"
+    description = "rejects everything"
+    api_version = 2
+
+    def defend(self, ctx: ptk.DefenseContext, options: dict[str, Any]) -> ptk.DefenseResult:
+        return ptk.DefenseResult(predictor=ctx.poisoned_model,
+                                 rejects=lambda x: torch.ones(len(x), dtype=torch.bool, device=x.device))
+
+
+class BadRejects(ptk.Defense):
+    name = "goal-bad-rejects"
+    description = "returns floats from rejects"
+    api_version = 2
+
+    def defend(self, ctx: ptk.DefenseContext, options: dict[str, Any]) -> ptk.DefenseResult:
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, rejects=lambda x: torch.zeros(len(x)))
+
+
+class KnowsTrigger(ptk.Defense):
+    name = "goal-knows-trigger"
+    description = "declares knows_trigger"
+    api_version = 2
+    threat = ptk.ThreatModel(knows_trigger=True)
+
+    def defend(self, ctx: ptk.DefenseContext, options: dict[str, Any]) -> ptk.DefenseResult:
+        return ptk.DefenseResult(predictor=ctx.poisoned_model)
+
+
+class Plugins:
+    @ptk.hookimpl
+    def register_datasets(self, register):
+        register(Blobs())
+
+    @ptk.hookimpl
+    def register_models(self, register):
+        register(TinyModel())
+
+    @ptk.hookimpl
+    def register_defenses(self, register):
+        for d in (CornerFilter(), RejectAll(), BadRejects(), KnowsTrigger()):
+            register(d)
+
+
+def registry():
+    reg = load_registry()
+    reg.add_plugin(Plugins(), "goal-test")
+    assert not reg.broken
+    return reg
+
+
+def config(attack: str, defenses: list[str], **options: Any) -> ExperimentConfig:
+    return ExperimentConfig(dataset="api-blobs", model="api-mlp", attack=attack, defenses=defenses, epochs=3,
+                            lr=1e-2, batch_size=16, device="cpu", options=options)
+
+
+def test_goals_follow_the_threat_model_unless_declared():
+    reg = registry()
+    goals = {n: defense_goals(reg.get("defense", n).plugin) for n in reg.names("defense")}
+    assert goals["influence"] == goals["bilevel"] == ("target",)  # they read the target image
+    assert goals["goal-knows-trigger"] == ("target", "backdoor")  # a target attack's trigger reads as None
+    assert goals["goal-corner-filter"] == ("backdoor",)  # declared
+    for n in ("loss-outliers", "activation-clustering", "ensemble", "bilevel-trusted", "art-spectral-signatures"):
+        assert goals[n] == ("target", "backdoor"), n
+    why = goal_refusal(reg.get("defense", "influence").plugin, reg.get("attack", "art-backdoor").plugin)
+    assert "works from the target image" in why and "'art-backdoor' has the goal 'backdoor'" in why
+    assert goal_refusal(reg.get("defense", "influence").plugin, reg.get("attack", "labelflip").plugin) is None
+
+
+@pytest.mark.parametrize("goals", [(), ("trojan",)])
+def test_a_defense_declaring_goals_that_are_not_attack_goals_is_refused(goals):
+    class Odd(ptk.Defense):
+        name = "odd"
+    Odd.goals = goals
+    with pytest.raises(TypeError, match="declares goals"):
+        check_plugin(Odd(), "defense")
+
+
+def test_a_named_defense_that_cannot_face_the_attack_is_refused_before_anything_runs():
+    reg = registry()
+    with pytest.raises(UsageError, match="'influence' defends only against 'target' attacks.*drop --defense influence"):
+        plan(config("art-backdoor", ["loss-outliers", "influence"]), reg)
+    with pytest.raises(UsageError, match="'goal-corner-filter' defends only against 'backdoor' attacks: it declares"):
+        plan(config("labelflip", ["goal-corner-filter"]), reg)
+
+
+def test_defense_all_skips_what_cannot_face_the_attack_and_says_why():
+    reg = registry()
+    p = plan(config("art-backdoor", ["all"]), reg)
+    names = [e.name for e in p.defenses]
+    assert "influence" not in names and "bilevel" not in names and "loss-outliers" in names
+    assert "goal-corner-filter" in names and "goal-knows-trigger" in names
+    assert set(p.skipped) == {"influence", "bilevel"}
+    p = plan(config("labelflip", ["all"]), reg)
+    assert set(p.skipped) == {"goal-corner-filter"} and "influence" in [e.name for e in p.defenses]
+
+
+def test_a_test_time_filter_reports_its_rejections_and_rejected_inputs_do_not_count_as_successes(tmp_path):
+    r = run_experiment(config("art-backdoor", ["goal-corner-filter", "goal-reject-all", "goal-bad-rejects"],
+                              **{"art-backdoor": {"fraction": "0.3"}}),
+                       registry(), save=lambda r: None, data_root=tmp_path, use_cache=False)
+    poisoned, corner, everything = (model_row(r, n) for n in ("poisoned", "goal-corner-filter", "goal-reject-all"))
+    # rejects everything: every clean and every triggered input refused, no success left, target refused
+    assert everything["rejected_clean"] == everything["rejected_triggered"] == 1.0
+    assert everything["backdoor_asr"] == 0.0 and everything["target_rejected"] and everything["attack_success"] is False
+    assert poisoned["backdoor_asr"] > 0 and "rejected_clean" not in poisoned  # the unfiltered model has no such field
+    # the corner filter: its shares equal a hand count over the same images
+    data = Blobs().load(tmp_path, {})
+    x_test, y_test = data.x_test, data.y_test
+    assert corner["rejected_clean"] == round(stamped_corner(x_test).float().mean().item(), 6)
+    assert corner["test_accuracy"] == poisoned["test_accuracy"]  # the filter leaves the classifier as it was
+    bad = model_row(r, "goal-bad-rejects")
+    assert bad["failed"] and "rejects returned torch.float32" in bad["error"]
+    report = markdown(r)
+    assert "| rej. clean | rej. trig. |" in report and "refuses to classify" in report
+    # the sweep store keeps both shares in their own columns
+    store = Store(tmp_path / "store.sqlite")
+    store.finish("cell", r, 1.0)
+    got = dict(store.db.execute("SELECT name, rejected_clean FROM models WHERE rejected_clean IS NOT NULL").fetchall())
+    assert got == {"goal-corner-filter": corner["rejected_clean"], "goal-reject-all": 1.0}
+
+
+def test_asr_after_a_filter_counts_only_accepted_triggered_images():
+    class SaysTwo:
+        def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(torch.full((len(x),), 2), 3).float()
+
+    x = torch.zeros(4, 1, 2, 2, dtype=torch.uint8)
+    x[:, 0, 1, 1] = torch.tensor([0, 10, 20, 30], dtype=torch.uint8)
+    y = torch.tensor([0, 1, 0, 1])
+    trigger = ptk.Trigger(apply=lambda b: b.clone(), target_class=2)
+    assert backdoor_asr(SaysTwo(), x, y, trigger) == 1.0
+    assert backdoor_asr(SaysTwo(), x, y, trigger, rejects=lambda b: b[:, 0, 1, 1] >= 20) == 0.5
+
+
+def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_report(ptk, tmp_path):
+    out = tmp_path / "run"
+    ptk("run", "--attack", "art-backdoor", "--defense", "all", "--preset", "quick", "--subset", "200", "--epochs",
+        "1", "-o", "ensemble.k=2", "-o", "bilevel-trusted.n=20", "--out", out)
+    import json
+
+    r = json.loads((out / "results.json").read_text())
+    assert set(r["skipped_defenses"]) == {"influence", "bilevel"}
+    ran = [m["name"] for m in r["models"]]
+    assert "influence" not in ran and "loss-outliers" in ran and "art-spectral-signatures" in ran
+    report = (out / "report.md").read_text()
+    assert "skipped by --defense all: influence: defense 'influence' defends only against 'target' attacks" in report
