@@ -69,9 +69,15 @@ def backdoor_asr(predictor: nn.Module | Predictor, x_test: torch.Tensor, y_test:
     stamped = triggered_test_images(x_test, y_test, trigger)
     if stamped is None:
         return None
+    return asr_of(predictor, stamped, trigger, None if rejects is None else rejection_mask(rejects, stamped))
+
+
+def asr_of(predictor: nn.Module | Predictor, stamped: torch.Tensor, trigger: Trigger,
+           rejected: torch.Tensor | None) -> float:
+    """The share of ``stamped`` (triggered test images) sent to the trigger's class and not ``rejected``."""
     hit = probabilities(predictor, stamped).argmax(1) == trigger.target_class
-    if rejects is not None:
-        hit &= ~rejection_mask(rejects, stamped)
+    if rejected is not None:
+        hit &= ~rejected
     return round(hit.float().mean().item(), 6)
 
 
@@ -84,14 +90,18 @@ def rejection_mask(rejects: Rejects, x: torch.Tensor) -> torch.Tensor:
     return mask.to(x.device)
 
 
-def rejection(rejects: Rejects, data: Dataset, target: Target, trigger: Trigger | None) -> Rejection:
-    """A test-time filter's refusals of the clean test images, of the triggered ones and of the target image."""
+def filtered(predictor: nn.Module | Predictor, rejects: Rejects, data: Dataset, target: Target,
+             trigger: Trigger | None) -> tuple[Rejection, float | None]:
+    """A test-time filter's refusals (of the clean test images, the triggered ones and the target image) and,
+    with a ``trigger``, the ASR of what it lets through; ``rejects`` runs once on each set of images."""
     stamped = None if trigger is None else triggered_test_images(data.x_test, data.y_test, trigger)
-    return Rejection(
+    on_triggered = None if stamped is None else rejection_mask(rejects, stamped)
+    refused = Rejection(
         rejected_clean=round(rejection_mask(rejects, data.x_test).float().mean().item(), 6),
-        rejected_triggered=None if stamped is None else round(rejection_mask(rejects, stamped).float().mean().item(), 6),
+        rejected_triggered=None if on_triggered is None else round(on_triggered.float().mean().item(), 6),
         target_rejected=bool(rejection_mask(rejects, target.image)[0]),
     )
+    return refused, None if stamped is None else asr_of(predictor, stamped, trigger, on_triggered)
 
 
 def model_row(name: str, trained: Trained, data: Dataset, target: Target, trigger: Trigger | None = None) -> ModelRow:
@@ -109,9 +119,13 @@ def defense_row(name: str, out: DefenseResult, data: Dataset, target: Target, po
     an ensemble's vote on the target (its prediction). ``fields``: further ModelRow fields (timings, threat
     model). With a backdoor ``trigger``, the predictor's attack success rate too."""
     measured = evaluate(out.predictor, data, target)
-    if trigger is not None:
-        measured["backdoor_asr"] = backdoor_asr(out.predictor, data.x_test, data.y_test, trigger, out.rejects)
-    refused = None if out.rejects is None else rejection(out.rejects, data, target, trigger)
+    refused = None
+    if out.rejects is not None:
+        refused, asr = filtered(out.predictor, out.rejects, data, target, trigger)
+        if trigger is not None:
+            measured["backdoor_asr"] = asr
+    elif trigger is not None:
+        measured["backdoor_asr"] = backdoor_asr(out.predictor, data.x_test, data.y_test, trigger)
     removal = None if out.removed_indices is None else removal_scores(out.removed_indices, poison)
     scores = out.scores
     if scores is None and out.sample_weights is not None:
