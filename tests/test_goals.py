@@ -189,13 +189,22 @@ def test_asr_after_a_filter_counts_only_accepted_triggered_images():
 
 def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_report(ptk, tmp_path):
     out = tmp_path / "run"
-    ptk("run", "--attack", "art-backdoor", "--defense", "all", "--preset", "quick", "--subset", "200", "--epochs",
-        "1", "-o", "ensemble.k=2", "-o", "bilevel-trusted.n=20", "--out", out)
+    cheap = ["-o", "ensemble.k=2", "-o", "bilevel-trusted.n=20", "-o", "art-roni.n=10", "-o", "art-strip.n=20",
+             "-o", "art-strip.num_samples=4"]
+    ptk("run", "--attack", "art-backdoor", "--defense", "all", "--preset", "quick", "--subset", "120", "--epochs",
+        "1", *cheap, "--out", out)
     import json
 
     r = json.loads((out / "results.json").read_text())
     assert set(r["skipped_defenses"]) == {"influence", "bilevel"}
     ran = [m["name"] for m in r["models"]]
-    assert "influence" not in ran and "loss-outliers" in ran and "art-spectral-signatures" in ran
+    assert "influence" not in ran and "loss-outliers" in ran and "art-spectral-signatures" in ran and "art-strip" in ran
     report = (out / "report.md").read_text()
     assert "skipped by --defense all: influence: defense 'influence' defends only against 'target' attacks" in report
+    # a backdoor run charts every model's ASR beside its clean accuracy, and report.md shows the chart
+    assert (out / "backdoor_asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](backdoor_asr.png)" in report
+    # a target attack rerun into the same folder leaves no backdoor chart behind
+    ptk("run", "--attack", "labelflip", "--defense", "loss-outliers", "--preset", "quick", "--subset", "120",
+        "--epochs", "1", "-o", "labelflip.budget=5", "--out", out, "--overwrite")
+    assert not (out / "backdoor_asr.png").exists() and "backdoor_asr.png" not in (out / "report.md").read_text()

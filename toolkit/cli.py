@@ -135,7 +135,8 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
         raise
     write_report(out, results)
     click.echo(text_table(results))
-    click.echo(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {out / 'target_probs.png'}")
+    charts = ", ".join(str(out / n) for n in ("target_probs.png", "backdoor_asr.png") if (out / n).exists())
+    click.echo(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {charts}")
     if results["status"] != "complete":
         fail(f"{len([m for m in results['models'] if m.get('failed')])} defense(s) failed; see {errors_log}", 1)
 

@@ -1,4 +1,5 @@
-"""What a run writes: results.json, report.md, target_probs.png, and the console table."""
+"""What a run writes: results.json, report.md, target_probs.png (and backdoor_asr.png after a backdoor attack),
+and the console table."""
 
 from __future__ import annotations
 
@@ -106,6 +107,8 @@ def markdown(results: dict[str, Any]) -> str:
               else "") + "precision / recall: of the samples a defense removed, against the attack's true poison. "
               "AUROC: of the defense's per-sample suspicion scores against the true poison, whatever its cut "
               "(0.5 = chance, 1 = every poisoned sample above every clean one).", ""]
+    if has_backdoor_chart(results):
+        lines += ["![attack success rate and clean accuracy per model](backdoor_asr.png)", ""]
     for m in results["models"]:
         extra = {k: v for k, v in m.items() if k in ("threat_model", "details", "target_votes",
                  "target_certified_tolerance", "budget_exceeds_certificate", "mean_weight_poison",
@@ -145,6 +148,41 @@ def chart_png(results: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+def asr_chart_png(results: dict[str, Any]) -> bytes:
+    """A backdoor run's chart: per model, the attack success rate on triggered test images beside clean test
+    accuracy (what the defense cost), and a test-time filter's rejection shares where there is one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in results["models"] if not m.get("failed") and m.get("backdoor_asr") is not None]
+    names = [m["name"] for m in models]
+    bars = [("backdoor ASR", "backdoor_asr"), ("clean test accuracy", "test_accuracy")]
+    if any("rejected_clean" in m for m in models):
+        bars += [("rejected: triggered", "rejected_triggered"), ("rejected: clean", "rejected_clean")]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(names) + 2) + 2, 4))
+    for i, (label, key) in enumerate(bars):
+        xs = [x - 0.4 + width * (i + 0.5) for x in range(len(names))]
+        ax.bar(xs, [m.get(key) or 0.0 for m in models], width, label=label)
+    ax.set_xticks(list(range(len(names))), names, rotation=20)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of test images")
+    trigger = results["attack"]["trigger"]
+    ax.set_title(f"Backdoor to {trigger['target_class']!r}: attack success vs clean accuracy")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def has_backdoor_chart(results: dict[str, Any]) -> bool:
+    return bool((results.get("attack") or {}).get("trigger")) and has_asr(results)
+
+
 def write_results(out: Path, results: dict[str, Any]) -> None:
     write_json(out / "results.json", results)
 
@@ -154,3 +192,7 @@ def write_report(out: Path, results: dict[str, Any]) -> None:
     write_text(out / "report.md", markdown(results))
     if results.get("target") and results["models"]:
         write_bytes(out / "target_probs.png", chart_png(results))
+    if has_backdoor_chart(results):
+        write_bytes(out / "backdoor_asr.png", asr_chart_png(results))
+    else:  # a run --overwrite'n into a backdoor run's folder must not leave that run's chart beside its own
+        (out / "backdoor_asr.png").unlink(missing_ok=True)
