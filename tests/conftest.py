@@ -123,3 +123,16 @@ def cifar_data_dir(data_dir) -> Path:
     result = CliRunner().invoke(cli, ["data", "import", "cifar10", str(archive), "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output + (f"\n{result.exception!r}" if result.exception else "")
     return data_dir
+
+
+@pytest.fixture
+def one_torch_thread():
+    """For tests that share two CPU cores with other work: one torch thread trains 10-30x faster there than
+    two contending ones. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; the thread
+    count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

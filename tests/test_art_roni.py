@@ -24,12 +24,7 @@ SHAPE = (3, 8, 8)
 OPTIONS = {"pp_cal": 0.2, "pp_quiz": 0.2, "calibrated": False, "eps": 0.05, "perf": "error"}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -22,12 +22,7 @@ from test_plugin_api import TinyNet
 SHAPE = (3, 8, 8)
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_setup(seed: int = 0) -> tuple[nn.Module, np.ndarray, torch.Tensor]:

@@ -32,14 +32,7 @@ BACKDOOR = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e
             "-o", "art-backdoor.fraction=0.2"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tests share two CPU cores with other work; one torch thread trains 10-30x faster there than two
-    contending ones. The thread count is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- (e) the attack success rate on a hand-made predictor ---------------------------------------------------

@@ -4,7 +4,6 @@ failed attacks, in results.json, report.md and the sweep store."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,12 +23,7 @@ from conftest import model_row
 from test_plugin_api import Blobs, TinyModel
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def stamped_corner(x: torch.Tensor) -> torch.Tensor:
@@ -160,7 +154,7 @@ def test_a_test_time_filter_reports_its_rejections_and_rejected_inputs_do_not_co
     assert poisoned["backdoor_asr"] > 0 and "rejected_clean" not in poisoned  # the unfiltered model has no such field
     # the corner filter: its shares equal a hand count over the same images
     data = Blobs().load(tmp_path, {})
-    x_test, y_test = data.x_test, data.y_test
+    x_test = data.x_test
     assert corner["rejected_clean"] == round(stamped_corner(x_test).float().mean().item(), 6)
     assert corner["test_accuracy"] == poisoned["test_accuracy"]  # the filter leaves the classifier as it was
     bad = model_row(r, "goal-bad-rejects")

@@ -141,6 +141,13 @@ def chart_png(results: dict[str, Any]) -> bytes:
     ax.set_ylabel("probability for the target image")
     ax.set_title(f"Target test image {t['index']}: {t['source_class']} vs {t['target_class']}")
     ax.legend()
+    return png_bytes(fig)
+
+
+def png_bytes(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (the figure is closed)."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -172,11 +179,7 @@ def asr_chart_png(results: dict[str, Any]) -> bytes:
     trigger = results["attack"]["trigger"]
     ax.set_title(f"Backdoor to {trigger['target_class']!r}: attack success vs clean accuracy")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def has_backdoor_chart(results: dict[str, Any]) -> bool:
