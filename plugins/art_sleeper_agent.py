@@ -197,8 +197,8 @@ class ArtSleeperAgent(Attack):
                "(at most; all go through the model in one batch)", check=positive),
         Option("model_retrain", bool, False, "ART's retraining of its substitute model during the optimisation "
                "(ART's default off; see the docs: ART 1.20 keeps optimising against the first model)"),
-        Option("retraining_factor", int, 1, "with model_retrain: how many times ART retrains (ART's default)",
-               check=positive),
+        Option("retraining_factor", int, 1, "with model_retrain: rounds of optimisation, ART retraining its model "
+               "between them (so factor - 1 retrainings; ART's default 1)", check=positive),
         Option("model_retraining_epoch", int, 1, "with model_retrain: epochs of each retraining (ART's default)",
                check=positive),
         Option("source_class", str, "", "the class whose patched images should go to the target class (name or "
@@ -228,10 +228,13 @@ class ArtSleeperAgent(Attack):
         if options["patch_size"] > min(h, w):
             raise UsageError(f"{NAME}.patch_size={options['patch_size']} is larger than the {h} x {w} images; "
                              f"pick -o {NAME}.patch_size={min(h, w)} or less")
+        if options["model_retrain"] and options["retraining_factor"] < 2:
+            raise UsageError(f"{NAME}: model_retrain with retraining_factor=1 retrains nothing (ART retrains between "
+                             f"its retraining_factor rounds of optimisation); set -o {NAME}.retraining_factor=2 or more")
         if options["model_retrain"] and options["max_trials"] > 1:
             raise UsageError(f"{NAME}: model_retrain with max_trials={options['max_trials']}: ART 1.20 grows "
-                             "max_epochs in place while retraining, so every trial after the first optimises for "
-                             f"a wrong number of epochs (often none); use -o {NAME}.max_trials=1 with model_retrain")
+                             "max_epochs in place while retraining, so the trials after the first optimise for the "
+                             f"wrong number of epochs (rounds of none); use -o {NAME}.max_trials=1 with model_retrain")
         if options["model_retrain"] and options["max_epochs"] // options["retraining_factor"] < 1:
             raise UsageError(f"{NAME}.retraining_factor={options['retraining_factor']} leaves ART less than one "
                              f"epoch per retraining round of max_epochs={options['max_epochs']}; raise -o "

@@ -215,7 +215,9 @@ def test_sleeper_agent_checks_refuse_impossible_settings(tmp_path):
         ({"source_class": "b"}, "source and target class are both 'b'"),
         ({"percent_poison": 0.04}, r"art-sleeper-agent.percent_poison=0.04 of the 20 .* perturbs none"),
         ({"patch_size": 9}, r"patch_size=9 is larger than the 8 x 8 images; pick -o art-sleeper-agent.patch_size=8"),
-        ({"model_retrain": True, "max_trials": 2}, "use -o art-sleeper-agent.max_trials=1 with model_retrain"),
+        ({"model_retrain": True, "max_trials": 1}, "retraining_factor=1 retrains nothing"),
+        ({"model_retrain": True, "max_trials": 2, "retraining_factor": 2},
+         "use -o art-sleeper-agent.max_trials=1 with model_retrain"),
         ({"model_retrain": True, "max_trials": 1, "max_epochs": 2, "retraining_factor": 3},
          "retraining_factor=3 leaves ART less than one epoch"),
         ({"target_class": "9"}, "art-sleeper-agent.target_class='9' is neither"),
@@ -232,6 +234,60 @@ def test_sleeper_agent_checks_refuse_impossible_settings(tmp_path):
                             ("selection", "gradient", "not one of random, max-norm"), ("max_epochs", "0", "positive")]:
         with pytest.raises(ptk.UsageError, match=error):
             resolve_options(attack.name, attack.options, {key: bad})
+
+
+# --- the ART 1.20 behaviour the wrappers work around (a failure here means ART changed: revisit the workaround) ---
+
+
+def test_art_clean_label_backdoor_crashes_on_zero_draws_which_check_refuses():
+    import functools
+
+    from art.attacks.poisoning import PoisoningAttackBackdoor, PoisoningAttackCleanLabelBackdoor
+
+    x, y = tiny_data()
+    attack = PoisoningAttackCleanLabelBackdoor(
+        PoisoningAttackBackdoor(functools.partial(stamp, trigger="pattern", pixel_value=1.0)),
+        art_classifier(tiny_net(), (3, 8, 8), 3, torch.device("cpu")), np.eye(3, dtype=np.float32)[1], pp_poison=0.01)
+    with pytest.raises(ValueError, match="need at least one array to concatenate"):  # int(0.01 x 20) = 0 draws
+        attack.poison(x.numpy().astype(np.float32) / 255, np.eye(3, dtype=np.float32)[y.numpy()])
+
+
+def test_art_sleeper_agent_refuses_per_channel_standardisation_hence_the_identity():
+    from art.attacks.poisoning import SleeperAgentAttack
+    from art.estimators.classification import PyTorchClassifier
+
+    net = tiny_net()
+    mean, std = np.full((3, 1, 1), 0.5, np.float32), np.full((3, 1, 1), 0.25, np.float32)
+    per_channel = PyTorchClassifier(net, torch.nn.CrossEntropyLoss(), (3, 8, 8), 3, clip_values=(0.0, 1.0),
+                                    preprocessing=(mean, std))
+    with pytest.raises(ValueError, match="truth value of an array"):  # its epsilon becomes an array
+        SleeperAgentAttack(per_channel, 0.5, np.ones((3, 2, 2), np.float32), np.arange(3))
+    SleeperAgentAttack(sa.sleeper_classifier(net, (3, 8, 8), 3, torch.device("cpu")), 0.5,
+                       np.ones((3, 2, 2), np.float32), np.arange(3))  # the identity is accepted
+
+
+def test_art_sleeper_agent_retraining_miscounts_epochs_after_the_first_trial(monkeypatch):
+    """What check() refuses: with model_retrain ART grows max_epochs in place, so a second trial runs an empty
+    round (8 to 6) and then 6 epochs instead of 4 + 4; retraining_factor=1 retrains nothing."""
+    from art.attacks.poisoning import SleeperAgentAttack
+
+    rounds, retrainings = [], []
+    optimise, retrain = SleeperAgentAttack._poison__pytorch, SleeperAgentAttack._model_retraining
+    monkeypatch.setattr(SleeperAgentAttack, "_poison__pytorch",
+                        lambda self, *a: (rounds.append((self.initial_epoch, self.max_epochs)), optimise(self, *a))[1])
+    monkeypatch.setattr(SleeperAgentAttack, "_model_retraining",
+                        lambda self, *a: (retrainings.append(1), retrain(self, *a))[1])
+    x, y = tiny_data()
+    for factor, trials in [(2, 2), (1, 1)]:
+        rounds.clear()
+        retrainings.clear()
+        options = {**SA_OPTIONS, "max_epochs": 8, "max_trials": trials, "model_retrain": True,
+                   "retraining_factor": factor}
+        sa.sleeper_agent(tiny_net(), x, y, 0, 1, 3, options, seed=0, device=torch.device("cpu"))
+        if factor == 2:
+            assert rounds == [(0, 4), (4, 8), (8, 6), (6, 12)] and len(retrainings) == 2
+        else:
+            assert rounds == [(0, 8)] and retrainings == []
 
 
 # --- through the CLI on the quick preset --------------------------------------------------------------------------
