@@ -29,14 +29,15 @@ PERTURBATIONS = {"pattern": "add_pattern_bd", "pixel": "add_single_bd"}
 PIXEL_VALUE = 255
 
 
-def stamp(x: np.ndarray, trigger: str) -> np.ndarray:
-    """ART's ``trigger`` perturbation on a uint8 batch N x C x H x W (returns a new array, same layout)."""
+def stamp(x: np.ndarray, trigger: str, pixel_value: int | float = PIXEL_VALUE) -> np.ndarray:
+    """ART's ``trigger`` perturbation on a batch N x C x H x W (returns a new array, same layout): uint8 with
+    the default ``pixel_value`` of 255, or floats in [0, 1] with ``pixel_value=1``."""
     from art.attacks.poisoning.perturbations import add_pattern_bd, add_single_bd
 
     if trigger == "pattern":
-        return add_pattern_bd(x, pixel_value=PIXEL_VALUE, channels_first=True)
+        return add_pattern_bd(x, pixel_value=pixel_value, channels_first=True)
     # add_single_bd indexes a 4-d batch as N x H x W x C and has no channels_first switch
-    return np.ascontiguousarray(add_single_bd(x.transpose(0, 2, 3, 1), pixel_value=PIXEL_VALUE).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(add_single_bd(x.transpose(0, 2, 3, 1), pixel_value=pixel_value).transpose(0, 3, 1, 2))
 
 
 def apply_trigger(x: torch.Tensor, trigger: str) -> torch.Tensor:
@@ -75,15 +76,17 @@ def backdoor(x_train: torch.Tensor, y_train: torch.Tensor, target_class: int, sh
     return x, y, chosen
 
 
-def target_class_of(data: Dataset, option: str, default: int) -> int:
-    """The ``target_class`` option (a class name or index; empty: ``default``, the run's target class)."""
+def target_class_of(data: Dataset, option: str, default: int, owner: str = "art-backdoor",
+                    key: str = "target_class") -> int:
+    """The class option ``key`` of plugin ``owner`` (a class name or index; empty: ``default``, e.g. the run's
+    target class)."""
     if option == "":
         return default
     try:
         return data.class_index(option)  # a name, or an index written as digits
     except UsageError:
         pass
-    raise UsageError(f"art-backdoor.target_class={option!r} is neither a class name nor an index "
+    raise UsageError(f"{owner}.{key}={option!r} is neither a class name nor an index "
                      f"0..{data.num_classes - 1}; classes are: {', '.join(data.classes)}")
 
 
