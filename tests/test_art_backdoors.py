@@ -29,14 +29,7 @@ CLEAN_LABEL = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", 
                "-o", "art-clean-label-backdoor.pp_poison=0.9"]
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """These tests share two CPU cores with other work; one torch thread is much faster there than two
-    contending ones. The thread count is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_data(n: int = 60, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
