@@ -111,7 +111,7 @@ def test_art_strip_catches_a_real_backdoor_and_says_what_it_costs(ptk, tmp_path)
     out = tmp_path / "run"
     # the same data, recipe and attack as test_backdoor's runs, so the clean and poisoned models come from the cache
     ptk("run", "--attack", "art-backdoor", "--defense", "art-strip", *BACKDOOR, "-o", "art-strip.n=100",
-        "--out", out)
+        "-o", "art-strip.num_samples=8", "--out", out)
     r = load_results(out)
     poisoned, strip = model_row(r, "poisoned"), model_row(r, "art-strip")
     assert strip["threat_model"] == "target unknown, needs trusted clean data, uses the poisoned model, poison budget unknown"

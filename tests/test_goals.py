@@ -183,9 +183,9 @@ def test_asr_after_a_filter_counts_only_accepted_triggered_images():
 
 def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_report(ptk, tmp_path):
     out = tmp_path / "run"
-    cheap = ["-o", "ensemble.k=2", "-o", "bilevel-trusted.n=20", "-o", "art-roni.n=10", "-o", "art-strip.n=20",
-             "-o", "art-strip.num_samples=4"]
-    ptk("run", "--attack", "art-backdoor", "--defense", "all", "--preset", "quick", "--subset", "120", "--epochs",
+    cheap = ["-o", "ensemble.k=2", "-o", "bilevel-trusted.n=10", "-o", "art-roni.n=5", "-o", "art-strip.n=10",
+             "-o", "art-strip.num_samples=2", "--test-subset", "60"]
+    ptk("run", "--attack", "art-backdoor", "--defense", "all", "--preset", "quick", "--subset", "60", "--epochs",
         "1", *cheap, "--out", out)
     import json
 
@@ -199,6 +199,6 @@ def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_repor
     assert (out / "backdoor_asr.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "](backdoor_asr.png)" in report
     # a target attack rerun into the same folder leaves no backdoor chart behind
-    ptk("run", "--attack", "labelflip", "--defense", "loss-outliers", "--preset", "quick", "--subset", "120",
+    ptk("run", "--attack", "labelflip", "--defense", "loss-outliers", "--preset", "quick", "--subset", "60",
         "--epochs", "1", "-o", "labelflip.budget=5", "--out", out, "--overwrite")
     assert not (out / "backdoor_asr.png").exists() and "backdoor_asr.png" not in (out / "report.md").read_text()
