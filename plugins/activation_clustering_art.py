@@ -1,6 +1,7 @@
 """``activation-clustering.backend=art``: ART's own ActivationDefence on a ptk model, and the helpers every
-ART-backed ptk plugin shares (:func:`art_classifier`, :func:`art_training_arrays`, :func:`quiet_art`,
-:func:`art_version`).
+ART-backed ptk plugin shares (:func:`art_classifier`, :func:`art_training_arrays`, :func:`art_images`,
+:func:`from_art_images`, :func:`art_one_hot`, :func:`art_seeded`, :func:`gradient_matching_device`,
+:func:`quiet_art`, :func:`art_version`).
 
 Two things in ART 1.20 need handling rather than copying:
 
@@ -19,6 +20,7 @@ Two things in ART 1.20 need handling rather than copying:
 from __future__ import annotations
 
 import logging
+import random
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -74,6 +76,43 @@ def numpy_global_seed(seed: int) -> Iterator[None]:
 
 
 @contextmanager
+def art_seeded(seed: int) -> Iterator[None]:
+    """Every global RNG an ART method may draw from (numpy's, Python's ``random``, torch's on the CPU and each
+    GPU) seeded with ``seed`` for a block and put back afterwards: an ART call draws the same numbers for the
+    same seed, and the rest of the run is unaffected."""
+    state = random.getstate()
+    random.seed(seed)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with numpy_global_seed(seed), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            yield
+    finally:
+        random.setstate(state)
+
+
+def art_images(x: torch.Tensor) -> np.ndarray:
+    """ptk's uint8 images (N, C, H, W) as ART's classifiers take them: float32 in [0, 1], numpy on the CPU."""
+    return x.float().div(255).cpu().numpy()
+
+
+def from_art_images(x: np.ndarray) -> np.ndarray:
+    """ART's float images in [0, 1] back as uint8, each pixel rounded to the nearest grey level."""
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def art_one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
+    """Integer labels as the one-hot float32 rows ART's attacks and detectors stack and compare."""
+    return np.eye(num_classes, dtype=np.float32)[np.asarray(y)]
+
+
+def gradient_matching_device() -> torch.device:
+    """Where ART 1.20's gradient matching (GradientMatchingAttack, and SleeperAgentAttack built on it) puts its
+    tensors, whatever the classifier's device: CUDA whenever torch sees one."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
 def quiet_art() -> Iterator[None]:
     """ART logs every step at INFO through the root logger; keep ptk's console to warnings from ART."""
     art_log = logging.getLogger("art")
@@ -97,7 +136,7 @@ def art_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classes
 def art_training_arrays(data) -> tuple[np.ndarray, np.ndarray]:
     """A Dataset's training images as ART's classifier takes them (float32 in [0, 1], N x C x H x W) and its
     labels as integers, both numpy on the CPU."""
-    return data.x_train.float().div(255).cpu().numpy(), data.y_train.cpu().numpy()
+    return art_images(data.x_train), data.y_train.cpu().numpy()
 
 
 def art_version() -> str:

@@ -38,7 +38,8 @@ import numpy as np
 import torch
 
 from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive
-from ptk_plugins.art_clean_label import LEVELS, levels, perturbation_stats, seeded, surrogate, to_uint8
+from ptk_plugins.activation_clustering_art import art_seeded
+from ptk_plugins.art_clean_label import LEVELS, levels, perturbation_stats, surrogate, to_uint8
 
 #: The surrogate's penultimate layer, by name (see FeaturesLast)
 FEATURE_LAYER = "features"
@@ -100,7 +101,7 @@ def bullseye_polytope(classifier, x_bases: np.ndarray, x_target: np.ndarray, opt
                                            learning_rate=options["learning_rate"],
                                            epsilon=options["epsilon"] / LEVELS, verbose=False)
     labels = np.zeros(len(x_bases), dtype=np.int64)  # ART hands y back unchanged; clean-label keeps ptk's own
-    with seeded(seed):  # ART draws no random numbers here today; seeded in case a version does
+    with art_seeded(seed):  # ART draws no random numbers here today; seeded in case a version does
         if options["loss"] == "art":
             poisons, _ = attack.poison(x_bases, labels)
         else:

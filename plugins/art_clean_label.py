@@ -8,8 +8,6 @@ Not a plugin (no entry point): imported by the two attack plugins when they run.
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -39,17 +37,6 @@ def surrogate(network: nn.Module, image_shape: tuple[int, ...], num_classes: int
 
     return art_classifier(copy.deepcopy(network).eval(), image_shape, num_classes, device)
 
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """numpy's and torch's global RNGs seeded with ``seed`` for a block (ART draws from both), both put back
-    afterwards, so an ART call draws the same numbers for the same seed and the rest of the run is unaffected."""
-    from ptk_plugins.activation_clustering_art import numpy_global_seed
-
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with numpy_global_seed(seed), torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
 
 
 def to_uint8(poisoned: np.ndarray, original: torch.Tensor, epsilon: float) -> torch.Tensor:

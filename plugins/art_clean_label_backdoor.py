@@ -33,6 +33,7 @@ import torch
 
 from ptk import Attack, AttackContext, Dataset, Option, Poisoning, Trigger, UsageError, hookimpl, non_negative, positive
 
+from ptk_plugins.activation_clustering_art import art_one_hot, from_art_images
 from ptk_plugins.art_backdoor import PERTURBATIONS, PIXEL_VALUE, apply_trigger, stamp, target_class_of
 
 NAME = "art-clean-label-backdoor"
@@ -61,17 +62,6 @@ def art_selection(n_target: int, pp_poison: float) -> np.ndarray:
     return np.unique(np.random.choice(np.arange(n_target), draws(n_target, pp_poison)))
 
 
-def one_hot(cls: int, num_classes: int, n: int | None = None) -> np.ndarray:
-    row = np.zeros(num_classes, dtype=np.float32)
-    row[cls] = 1
-    return row if n is None else np.tile(row, (n, 1))
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """Floats in [0, 1] to the nearest uint8 level."""
-    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
-
-
 def clean_label_backdoor(classifier, x_train: torch.Tensor, y_train: torch.Tensor, target_class: int,
                          num_classes: int, options: dict[str, Any], seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(images, poison indices, draws)``: ART's PoisoningAttackCleanLabelBackdoor with ``classifier`` as its
@@ -83,21 +73,21 @@ def clean_label_backdoor(classifier, x_train: torch.Tensor, y_train: torch.Tenso
     members = (y_train == target_class).nonzero().squeeze(1).cpu()
     x = x_train[members.to(x_train.device)].cpu().numpy().astype(np.float32) / 255
     backdoor = PoisoningAttackBackdoor(functools.partial(stamp, trigger=options["trigger"], pixel_value=1.0))
-    attack = PoisoningAttackCleanLabelBackdoor(backdoor, classifier, one_hot(target_class, num_classes),
+    attack = PoisoningAttackCleanLabelBackdoor(backdoor, classifier, art_one_hot(target_class, num_classes),
                                                pp_poison=options["pp_poison"], norm=NORMS[options["norm"]], eps=options["eps"],
                                                eps_step=options["eps_step"], max_iter=options["max_iter"])
     attack.attack.set_params(verbose=False)  # ART's PGD (its public set_params): no progress bar per call
     with numpy_global_seed(seed):
         picked = art_selection(len(members), options["pp_poison"])
     with numpy_global_seed(seed):
-        poisoned, _ = attack.poison(x, y=one_hot(target_class, num_classes, len(members)))
+        poisoned, _ = attack.poison(x, y=art_one_hot(np.full(len(members), target_class), num_classes))
     untouched = np.ones(len(members), dtype=bool)
     untouched[picked] = False
     if not np.array_equal(poisoned[untouched], x[untouched]):  # ART drew otherwise than re-derived
         raise RuntimeError("ART modified images outside the selection ptk re-derived from its RNG")
     out = x_train.clone()
     chosen = members[picked]
-    out[chosen.to(out.device)] = torch.from_numpy(to_uint8(poisoned[picked])).to(out.device)
+    out[chosen.to(out.device)] = torch.from_numpy(from_art_images(poisoned[picked])).to(out.device)
     return out, chosen.to(y_train.device), draws(len(members), options["pp_poison"])
 
 

@@ -33,17 +33,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive
-from ptk_plugins.art_clean_label import LEVELS, levels, perturbation_stats, seeded, surrogate, to_uint8
+from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive, share
+from ptk_plugins.activation_clustering_art import art_seeded, gradient_matching_device
+from ptk_plugins.art_clean_label import LEVELS, levels, perturbation_stats, surrogate, to_uint8
 
 #: ART's default learning-rate schedule: each rate with the epoch it lasts until, of ART's 250 epochs
 ART_RATES = (1e-1, 1e-2, 1e-3, 1e-4)
 ART_MILESTONES = (100, 150, 200, 220)
 ART_MAX_EPOCHS = 250
 
-
-def share(value: float) -> str | None:
-    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
 
 
 def lr_schedule(learning_rate: float, max_epochs: int) -> tuple[list[float], list[int]]:
@@ -57,11 +55,6 @@ def lr_schedule(learning_rate: float, max_epochs: int) -> tuple[list[float], lis
 def poison_count(percent_poison: float, train_size: int) -> int:
     """How many images ART poisons: its own ``int(percent_poison * len(x_train))``."""
     return int(percent_poison * train_size)
-
-
-def art_device() -> torch.device:
-    """Where ART 1.20's GradientMatchingAttack puts its noise: CUDA whenever torch sees one."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def gradient_matching(classifier, x_train: np.ndarray, y_train: np.ndarray, x_trigger: np.ndarray,
@@ -87,9 +80,9 @@ def gradient_matching(classifier, x_train: np.ndarray, y_train: np.ndarray, x_tr
 
     attack._poison__pytorch = recording
     y_trigger = np.array([target_class])
-    with seeded(seed):
+    with art_seeded(seed):
         x_out, _ = attack.poison(x_trigger, y_trigger, x_train, y_train)
-    with seeded(seed):  # ART's only draws from numpy: one permutation of the target class per trial
+    with art_seeded(seed):  # ART's only draws from numpy: one permutation of the target class per trial
         pool = np.flatnonzero(y_train == target_class)
         n = poison_count(options["percent_poison"], len(x_train))
         trials = [np.random.permutation(pool)[:n] for _ in scores]
@@ -147,7 +140,7 @@ class ArtGradientMatching(Attack):
         x, y = art_training_arrays(data)
         x_trigger = t.image.float().div(LEVELS).cpu().numpy()
         with quiet_art():
-            classifier = surrogate(ctx.clean_model, tuple(data.image_shape), data.num_classes, art_device())
+            classifier = surrogate(ctx.clean_model, tuple(data.image_shape), data.num_classes, gradient_matching_device())
             x_out, chosen, scores = gradient_matching(classifier, x, y, x_trigger, t.target_class, options, ctx.seed)
         idx = torch.from_numpy(chosen).to(data.y_train.device)
         x_train = data.x_train.clone()

@@ -44,15 +44,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl, positive
+from ptk import (Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, fraction, hookimpl,
+                 non_negative, positive)
 
 
-def share(value: float) -> str | None:
-    return None if 0 < value < 1 else f"must be in (0, 1), got {value}"
-
-
-def non_negative_float(value: float) -> str | None:
-    return None if value >= 0 else f"must be at least 0, got {value}"
 
 
 def roni_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classes: int, device: torch.device,
@@ -78,10 +73,6 @@ def flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1)
 
 
-def one_hot(y: np.ndarray, num_classes: int) -> np.ndarray:
-    return np.eye(num_classes, dtype=np.float32)[y]
-
-
 def accuracy(labels: np.ndarray, outputs: np.ndarray) -> float:
     """Quiz accuracy from one-hot labels and the classifier's scores (ART's "accuracy" compares the scores
     themselves with the labels, which scikit-learn refuses)."""
@@ -102,11 +93,10 @@ def roni_flags(classifier, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_va
     (rejected index -> its accuracy change on the quiz set)."""
     from art.defences.detector.poison import RONIDefense
 
-    from ptk_plugins.activation_clustering_art import numpy_global_seed
+    from ptk_plugins.activation_clustering_art import art_one_hot, art_seeded
 
-    with numpy_global_seed(seed), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        defence = RONIDefense(classifier, flat(x), one_hot(y, num_classes), flat(x_val), one_hot(y_val, num_classes),
+    with art_seeded(seed):
+        defence = RONIDefense(classifier, flat(x), art_one_hot(y, num_classes), flat(x_val), art_one_hot(y_val, num_classes),
                               perf_func=PERF_FUNCTIONS[options["perf"]], pp_cal=options["pp_cal"],
                               pp_quiz=options["pp_quiz"], calibrated=options["calibrated"], eps=options["eps"])
         report, is_clean = defence.detect_poison()
@@ -125,12 +115,12 @@ class ArtRoni(Defense):
         Option("calibrated", bool, False, "ART's calibrated RONI (threshold from pp_cal calibration samples, "
                "refitted for every training sample: cost grows with the square of the data; ART's default is true)"),
         Option("eps", float, 0.1, "uncalibrated RONI rejects a sample whose quiz-accuracy change is below -eps "
-               "(ART's default)", check=non_negative_float),
+               "(ART's default)", check=non_negative),
         Option("perf", str, "error", "error: RONI rejects samples that lower quiz accuracy (Nelson et al.); "
                "accuracy: ART 1.20's sign, which rejects samples that raise it (see docs/defenses/art-roni.md)",
                choices=tuple(PERF_FUNCTIONS)),
-        Option("pp_quiz", float, 0.2, "share of the training set drawn as the quiz set (ART's default)", check=share),
-        Option("pp_cal", float, 0.2, "share of the training set used for calibration (ART's default)", check=share),
+        Option("pp_quiz", float, 0.2, "share of the training set drawn as the quiz set (ART's default)", check=fraction),
+        Option("pp_cal", float, 0.2, "share of the training set used for calibration (ART's default)", check=fraction),
         Option("fit_epochs", int, 1, "epochs of each of RONI's fine-tunes (ART's fit default is 10)", check=positive),
         Option("fit_batch_size", int, 64, "batch size of RONI's fine-tunes", check=positive),
         Option("fit_lr", float, 0.01, "SGD learning rate of RONI's fine-tunes", check=positive),
@@ -143,14 +133,14 @@ class ArtRoni(Defense):
                              "empty quiz set; raise -o art-roni.pp_quiz or --subset")
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
-        from ptk_plugins.activation_clustering_art import art_training_arrays, art_version, quiet_art
+        from ptk_plugins.activation_clustering_art import art_images, art_training_arrays, art_version, quiet_art
 
         x, y = art_training_arrays(ctx.data)
         x_val, y_val = ctx.trusted_data(options["n"])
         with quiet_art(), ctx.own_training("art-roni fine-tunes"):
             classifier = roni_classifier(ctx.poisoned_model, tuple(ctx.data.image_shape), ctx.data.num_classes,
                                          ctx.device, options["fit_epochs"], options["fit_batch_size"], options["fit_lr"])
-            flagged, report = roni_flags(classifier, x, y, x_val.float().div(255).cpu().numpy(),
+            flagged, report = roni_flags(classifier, x, y, art_images(x_val),
                                          y_val.cpu().numpy(), ctx.data.num_classes, options, ctx.seed)
         if flagged.all():
             raise UsageError(f"art-roni rejected all {len(y)} training samples, leaving nothing to retrain on; "
@@ -158,7 +148,7 @@ class ArtRoni(Defense):
         drop = torch.from_numpy(np.flatnonzero(flagged)).to(ctx.data.y_train.device)
         details = {"art_version": art_version(), "rejected": int(flagged.sum()), "trusted_images": len(y_val),
                    "fine_tunes": len(y) + 1 + (len(y) * int(options["pp_cal"] * len(y)) if options["calibrated"] else 0)}
-        model = ctx.train_without(drop, desc="art-roni retrain") if len(drop) else ctx.poisoned_model
+        model = ctx.train_without(drop, desc="art-roni retrain")
         return DefenseResult(predictor=model, removed_indices=drop, details=details)
 
 

@@ -31,16 +31,15 @@ and its learning-rate schedule). ptk adapts only what ART cannot know, and works
 from __future__ import annotations
 
 import functools
-import random
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ptk import Attack, AttackContext, Dataset, Option, Poisoning, Trigger, UsageError, hookimpl, positive
+from ptk import Attack, AttackContext, Dataset, Option, Poisoning, Trigger, UsageError, hookimpl, positive, share
 
+from ptk_plugins.activation_clustering_art import art_seeded, from_art_images, gradient_matching_device
 from ptk_plugins.art_backdoor import target_class_of
 
 NAME = "art-sleeper-agent"
@@ -49,9 +48,6 @@ ART_LRS, ART_MILESTONES, ART_EPOCHS = [1e-1, 1e-2, 1e-3, 1e-4], [100, 150, 200, 
 #: the ``selection`` option's values and ART's ``selection_strategy`` for them (ART: "random", else max gradient norm)
 SELECTIONS = {"random": "random", "max-norm": "max-norm"}
 
-
-def unit_share(value: float) -> str | None:
-    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
 
 
 def checkerboard(channels: int, size: int) -> np.ndarray:
@@ -76,20 +72,6 @@ def schedule(max_epochs: int) -> tuple[list[float], list[int]]:
 def poison_count(n_target: int, share: float) -> int:
     return int(share * n_target)  # as ART rounds
 
-
-@contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """numpy's global RNG, Python's ``random`` and torch's global RNG seeded for a block, restored afterwards."""
-    from ptk_plugins.activation_clustering_art import numpy_global_seed
-
-    state = random.getstate()
-    random.seed(seed)
-    try:
-        with numpy_global_seed(seed), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-    finally:
-        random.setstate(state)
 
 
 def sleeper_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classes: int, device: torch.device):
@@ -146,7 +128,7 @@ def sleeper_agent(network: nn.Module, x_train: torch.Tensor, y_train: torch.Tens
     classifier = sleeper_classifier(network, tuple(x_train.shape[1:]), num_classes, device)
     attack = art_attack(classifier, patch, indices_target, source, target, options, device)
     try:
-        with seeded(seed):
+        with art_seeded(seed):
             poisoned, _ = attack.poison(x_trigger, y_trigger, x_art, y_art, x_art, y_art)
     finally:
         for p in network.parameters():  # ART's weight gradients leave .grad on the model
@@ -159,15 +141,8 @@ def sleeper_agent(network: nn.Module, x_train: torch.Tensor, y_train: torch.Tens
         raise RuntimeError("ART modified images outside the ones it reports as poisoned")
     chosen = torch.from_numpy(picked if options["model_retrain"] else members[picked])
     out = x_train.clone()
-    rounded = np.clip(np.rint(poisoned[picked] * 255), 0, 255).astype(np.uint8)
-    out[chosen.to(out.device)] = torch.from_numpy(rounded).to(out.device)
+    out[chosen.to(out.device)] = torch.from_numpy(from_art_images(poisoned[picked])).to(out.device)
     return out, chosen.to(y_train.device)
-
-
-def art_device() -> str:
-    """The device ART's gradient matching puts its tensors on, whatever the classifier's (ART 1.20,
-    gradient_matching_attack.py: ``"cuda" if torch.cuda.is_available() else "cpu"``)."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class ArtSleeperAgent(Attack):
@@ -178,9 +153,9 @@ class ArtSleeperAgent(Attack):
     goal = "backdoor"
     options = [
         Option("percent_poison", float, 0.1, "share of the target class's training images to perturb (ART has "
-               "no default; the paper's 1% of CIFAR-10 is 10% of a class)", check=unit_share),
+               "no default; the paper's 1% of CIFAR-10 is 10% of a class)", check=share),
         Option("epsilon", float, 0.063, "L-inf budget on images in [0, 1] (16/255 as in the paper; ART's "
-               "default 0.1)", check=unit_share),
+               "default 0.1)", check=share),
         Option("max_trials", int, 1, "restarts, the best kept (ART's default 8; 1 keeps it cheap on a CPU)",
                check=positive),
         Option("max_epochs", int, 30, "optimisation epochs per trial (ART's default 250; ART's learning-rate "
@@ -244,10 +219,10 @@ class ArtSleeperAgent(Attack):
         from ptk_plugins.activation_clustering_art import art_version, quiet_art
 
         src, tgt = self.classes(ctx.data, ctx.target.source_class, ctx.target.target_class, options)
-        if ctx.device.type != art_device():
-            raise UsageError(f"{NAME}: ART 1.20's gradient matching runs on {art_device()!r} whenever "
+        if ctx.device.type != gradient_matching_device().type:
+            raise UsageError(f"{NAME}: ART 1.20's gradient matching runs on {gradient_matching_device().type!r} whenever "
                              f"it is available, but this run's model is on {ctx.device.type!r}; run with --device "
-                             f"{art_device()}")
+                             f"{gradient_matching_device().type}")
         with quiet_art():
             x, chosen = sleeper_agent(ctx.clean_model, ctx.data.x_train, ctx.data.y_train, src, tgt,
                                       ctx.data.num_classes, options, ctx.seed, ctx.device)

@@ -21,11 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl, positive
+from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl, positive, share
 
-
-def share(value: float) -> str | None:
-    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
 
 
 def spectral_flags(classifier, x: np.ndarray, y: np.ndarray, num_classes: int,
@@ -73,8 +70,7 @@ class ArtSpectralSignatures(Defense):
         drop = torch.from_numpy(np.flatnonzero(flagged)).to(ctx.data.y_train.device)
         details = {"art_version": art_version(), "flagged": int(flagged.sum()),
                    "flagged_per_class": np.bincount(y[flagged], minlength=ctx.data.num_classes).tolist()}
-        # nothing flagged (a tiny expected_pp_poison): nothing to retrain without, the poisoned model stands
-        model = ctx.train_without(drop, desc="art-spectral-signatures retrain") if len(drop) else ctx.poisoned_model
+        model = ctx.train_without(drop, desc="art-spectral-signatures retrain")
         return DefenseResult(predictor=model, removed_indices=drop, scores=torch.from_numpy(scores), details=details)
 
 

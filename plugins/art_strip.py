@@ -41,11 +41,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl, positive
+from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, fraction, hookimpl, positive
 
+from ptk_plugins.activation_clustering_art import art_images
 
-def share(value: float) -> str | None:
-    return None if 0 < value < 1 else f"must be in (0, 1), got {value}"
 
 
 class Probabilities(nn.Module):
@@ -96,11 +95,6 @@ def strip_entropy(kind: str) -> Iterator[None]:
         art_strip.entropy = original
 
 
-def as_art(x: torch.Tensor) -> np.ndarray:
-    """uint8 images (N, C, H, W) as ART takes them: float32 in [0, 1] on the CPU."""
-    return x.float().div(255).cpu().numpy()
-
-
 class StripFilter:
     """A calibrated STRIP as ptk's ``DefenseResult.rejects``: uint8 images in, True where STRIP abstains."""
 
@@ -113,7 +107,7 @@ class StripFilter:
         from ptk_plugins.activation_clustering_art import numpy_global_seed, quiet_art
 
         with quiet_art(), numpy_global_seed(self.seed), strip_entropy(self.entropy):
-            predictions = self.strip.predict(as_art(x))
+            predictions = self.strip.predict(art_images(x))
         # ART abstains with an all-zero row; a softmax row sums to one
         return torch.from_numpy(~predictions.any(axis=1)).to(x.device)
 
@@ -139,7 +133,7 @@ class ArtStrip(Defense):
                "(ART's x_val)", check=positive),
         Option("num_samples", int, 20, "blends per input (ART's num_samples)", check=positive),
         Option("false_acceptance_rate", float, 0.01, "ART's false_acceptance_rate: the quantile of the clean "
-               "images' entropy below which an input is refused", check=share),
+               "images' entropy below which an input is refused", check=fraction),
         Option("entropy", str, "paper", "paper: each blend's entropy over the classes, as in the STRIP paper; art: "
                "ART 1.20's entropy over the blends, which ranks triggered inputs as the least suspect (see "
                "docs/defenses/art-strip.md)", choices=ENTROPIES),
@@ -156,7 +150,7 @@ class ArtStrip(Defense):
         x_clean, _ = ctx.trusted_data(options["n"])
         strip = strip_classifier(ctx.poisoned_model, tuple(ctx.data.image_shape), ctx.data.num_classes, ctx.device,
                                  options["num_samples"], options["false_acceptance_rate"])
-        threshold = calibrate(strip, as_art(x_clean), ctx.seed, options["entropy"])
+        threshold = calibrate(strip, art_images(x_clean), ctx.seed, options["entropy"])
         details = {"art_version": art_version(), "entropy": options["entropy"],
                    "entropy_threshold": round(threshold, 6), "calibration_images": len(x_clean)}
         return DefenseResult(predictor=ctx.poisoned_model, rejects=StripFilter(strip, ctx.seed, options["entropy"]),

@@ -13,7 +13,7 @@ from ptk.cache import tensor_digest
 from ptk.options import resolve_options
 from ptk_plugins import art_clean_label_backdoor as clb
 from ptk_plugins import art_sleeper_agent as sa
-from ptk_plugins.activation_clustering_art import art_classifier
+from ptk_plugins.activation_clustering_art import art_classifier, from_art_images
 from ptk_plugins.art_backdoor import apply_trigger, stamp
 from ptk_plugins.digits import Digits
 
@@ -77,7 +77,7 @@ def test_clean_label_backdoor_poisons_exactly_what_art_does(kind):
     xf = x.numpy().astype(np.float32) / 255
     np.random.seed(4)
     art_x, art_y = attack.poison(xf, y=np.eye(3, dtype=np.float32)[y.numpy()])
-    np.testing.assert_array_equal(px.numpy(), clb.to_uint8(art_x))  # the same images, rounded to uint8
+    np.testing.assert_array_equal(px.numpy(), from_art_images(art_x))  # the same images, rounded to uint8
     np.testing.assert_array_equal(art_y.argmax(1), y.numpy())  # ART keeps the labels
     # the poison indices are exactly the images ART changed: its with-replacement draw among the class-1 images
     art_changed = np.flatnonzero(np.any(art_x != xf, axis=(1, 2, 3)))

@@ -24,7 +24,7 @@ from ptk_plugins import art_backdoor, art_spectral
 from ptk_plugins.activation_clustering_art import art_classifier
 
 from conftest import load_results, model_row
-from test_plugin_api import Blobs, TinyModel, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
+from test_plugin_api import Blobs, BlobsAndMlp, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
 
 #: A real backdoor on digits: TINY's clean model (shared through the session's cache), 20% of the
 #: non-target training images poisoned. Measured on the 2-core machine: clean ASR 4.2%, poisoned 100%.
@@ -116,19 +116,11 @@ class NoTrigger(V1Flip):
     goal = "backdoor"
 
 
-class Plugins:
+class Plugins(BlobsAndMlp):
     @ptk.hookimpl
     def register_attacks(self, register):
         register(V1Flip())
         register(NoTrigger())
-
-    @ptk.hookimpl
-    def register_datasets(self, register):
-        register(Blobs())
-
-    @ptk.hookimpl
-    def register_models(self, register):
-        register(TinyModel())
 
     @ptk.hookimpl
     def register_defenses(self, register):

@@ -12,7 +12,8 @@ import torch
 import ptk
 from ptk.api import defense_goals, goal_refusal
 from ptk.config import ExperimentConfig
-from ptk.evaluate import backdoor_asr
+from ptk.context import Target
+from ptk.evaluate import backdoor_asr, filtered
 from ptk.experiment import plan, run_experiment
 from ptk.options import UsageError
 from ptk.registry import check_plugin, load_registry
@@ -20,7 +21,7 @@ from ptk.report import markdown
 from ptk.store import Store
 
 from conftest import model_row
-from test_plugin_api import Blobs, TinyModel
+from test_plugin_api import Blobs, BlobsAndMlp
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,15 +76,7 @@ class KnowsTrigger(ptk.Defense):
         return ptk.DefenseResult(predictor=ctx.poisoned_model)
 
 
-class Plugins:
-    @ptk.hookimpl
-    def register_datasets(self, register):
-        register(Blobs())
-
-    @ptk.hookimpl
-    def register_models(self, register):
-        register(TinyModel())
-
+class Plugins(BlobsAndMlp):
     @ptk.hookimpl
     def register_defenses(self, register):
         for d in (CornerFilter(), RejectAll(), BadRejects(), KnowsTrigger()):
@@ -178,7 +171,11 @@ def test_asr_after_a_filter_counts_only_accepted_triggered_images():
     y = torch.tensor([0, 1, 0, 1])
     trigger = ptk.Trigger(apply=lambda b: b.clone(), target_class=2)
     assert backdoor_asr(SaysTwo(), x, y, trigger) == 1.0
-    assert backdoor_asr(SaysTwo(), x, y, trigger, rejects=lambda b: b[:, 0, 1, 1] >= 20) == 0.5
+    refuses_bright = lambda b: b[:, 0, 1, 1] >= 20  # noqa: E731
+    data = ptk.Dataset("four", x, y, x, y, ["a", "b", "c"])
+    target = Target(0, 0, 2, x[:1])
+    refused, asr = filtered(SaysTwo(), refuses_bright, data, target, trigger)
+    assert asr == 0.5 and refused.rejected_triggered == refused.rejected_clean == 0.5 and not refused.target_rejected
 
 
 def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_report(ptk, tmp_path):

@@ -206,6 +206,19 @@ class TinyModel(ptk.ModelSpec):
         return TinyNet(num_classes, image_shape)
 
 
+class BlobsAndMlp:
+    """Registers the ``api-blobs`` data set and the ``api-mlp`` model: other test files subclass it and add
+    the hooks of the attacks and defenses they test."""
+
+    @ptk.hookimpl
+    def register_datasets(self, register):
+        register(Blobs())
+
+    @ptk.hookimpl
+    def register_models(self, register):
+        register(TinyModel())
+
+
 class FlipFirst(ptk.Attack):
     name = "api-flip"
     description = "relabels the first `budget` source images"

@@ -32,6 +32,7 @@ from .options import (  # noqa: E402
     non_negative,
     positive,
     removal_count,
+    share,
 )
 from .readers import is_tarball, read_image_folder  # noqa: E402
 # the training kit: the pieces of ptk's own loop, for a defense with its own (see bilevel)
@@ -45,7 +46,7 @@ __all__ = [
     # errors (all defined in ptk.errors)
     "DataCorrupt", "PluginError",
     # option checks and removal helpers
-    "positive", "non_negative", "fraction", "check_removal_count", "removal_count",
+    "positive", "non_negative", "fraction", "share", "check_removal_count", "removal_count",
     # ensembles
     "EnsemblePredictor", "vote_prediction_and_tolerance",
     # data set plugins: image folders and archives, the data directory's store, importing

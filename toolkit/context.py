@@ -271,7 +271,10 @@ class DefenseContext(BaseContext):
 
     def train_without(self, removed: torch.Tensor, desc: str = "retrain") -> Network:
         """Retrain with the run's recipe on every training sample except ``removed`` (the usual
-        last step of a data-removal defense; cached like every ``train`` call)."""
+        last step of a data-removal defense; cached like every ``train`` call). Removing nothing leaves the
+        poisoned training set, so the poisoned model is returned rather than trained again on the same data."""
+        if len(removed) == 0:
+            return self.poisoned_model
         keep = torch.ones(len(self.data.y_train), dtype=torch.bool, device=self.data.y_train.device)
         keep[torch.as_tensor(removed, device=keep.device).long()] = False
         return self.train(keep=keep.nonzero().squeeze(1), desc=desc)

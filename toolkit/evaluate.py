@@ -61,15 +61,12 @@ def triggered_test_images(x_test: torch.Tensor, y_test: torch.Tensor, trigger: T
 
 
 def backdoor_asr(predictor: nn.Module | Predictor, x_test: torch.Tensor, y_test: torch.Tensor,
-                 trigger: Trigger, rejects: Rejects | None = None) -> float | None:
+                 trigger: Trigger) -> float | None:
     """A backdoor's attack success rate: the share of the test images whose true class is not the trigger's
     target class that ``predictor`` assigns to that class once the trigger is stamped on them (None when
-    every test image is of the target class). With a test-time filter ``rejects``, an image it rejects is
-    not a success."""
+    every test image is of the target class). A test-time filter's is :func:`filtered`'s."""
     stamped = triggered_test_images(x_test, y_test, trigger)
-    if stamped is None:
-        return None
-    return asr_of(predictor, stamped, trigger, None if rejects is None else rejection_mask(rejects, stamped))
+    return None if stamped is None else asr_of(predictor, stamped, trigger, None)
 
 
 def asr_of(predictor: nn.Module | Predictor, stamped: torch.Tensor, trigger: Trigger,

@@ -65,22 +65,18 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
     dataset = registry.get("dataset", config.dataset)
     model = registry.get("model", config.model)
     attack = registry.get("attack", config.attack)
-    named = [n for n in config.defenses if n not in ("all", "none")]
-    for entry in [registry.get("defense", n) for n in named]:
-        if (why := goal_refusal(entry.plugin, attack.plugin)) is not None:
-            raise UsageError(f"{why}; drop --defense {entry.name}")
-    skipped: dict[str, str] = {}
-    names: list[str] = []
-    for name in config.defenses:
-        if name == "all":
-            for entry in map(lambda n: registry.get("defense", n), registry.names("defense")):
-                if (why := goal_refusal(entry.plugin, attack.plugin)) is None:
-                    names.append(entry.name)
-                elif entry.name not in named:
-                    skipped[entry.name] = why
-        elif name != "none":
-            names.append(name)
-    defenses = [registry.get("defense", n) for n in dict.fromkeys(names)]
+    names = [n for d in config.defenses if d != "none" for n in (registry.names("defense") if d == "all" else [d])]
+    defenses: list[Entry] = []
+    skipped: dict[str, str] = {}  # only defenses `all` brought in: a named one that cannot run is an error
+    for name in dict.fromkeys(names):
+        entry = registry.get("defense", name)
+        why = goal_refusal(entry.plugin, attack.plugin)
+        if why is None:
+            defenses.append(entry)
+        elif name in config.defenses:
+            raise UsageError(f"{why}; drop --defense {name}")
+        else:
+            skipped[name] = why
     used = {e.name: e for e in [dataset, model, attack, *defenses]}
     registered = {e.name for e in registry.all()}
     for owner in config.options:

@@ -98,6 +98,11 @@ def fraction(value: Any) -> str | None:
     return None if 0 < value < 1 else f"must be in (0, 1), got {value}"
 
 
+def share(value: Any) -> str | None:
+    """Option check: value must lie in (0, 1] (a share of a whole that may be all of it)."""
+    return None if 0 < value <= 1 else f"must be in (0, 1], got {value}"
+
+
 def check_removal_count(option: str, k: int, n: int) -> None:
     """A removal defense's ``k`` must leave something to retrain on (``k`` 0 means "use the fraction": no check)."""
     if k and k >= n:
