@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 import ptk
+from ptk import DISTRIBUTION
 from ptk import hookspecs
 from ptk.api import API_VERSION, SUPPORTED_API_VERSIONS
 from ptk.config import ExperimentConfig
@@ -113,7 +114,7 @@ def test_broken_plugins_are_listed_with_error_and_distribution_while_others_work
         assert message in broken[source]["error"]
     listed = {(p["kind"], p["name"]): p for p in out["plugins"]}
     assert listed[("attack", "exploding")]["distribution"] == FAKE_DIST  # the good plugin of the same dist
-    assert listed[("attack", "labelflip")]["distribution"] == "ptk"  # and every other distribution's
+    assert listed[("attack", "labelflip")]["distribution"] == DISTRIBUTION  # and every other distribution's
     assert ("defense", "future-defense") not in listed
     text = ptk("plugins").output
     line = next(l for l in text.splitlines() if "raising-hook" in l)

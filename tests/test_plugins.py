@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import ptk
+from ptk import DISTRIBUTION
 from ptk.registry import PluginError, load_registry
 
 BUILTINS = {("attack", "labelflip"), ("defense", "ensemble"), ("dataset", "digits"), ("model", "resnet18")}
@@ -39,8 +40,8 @@ def test_builtins_come_from_the_ptk_entry_point_group():
     assert BUILTINS <= found
     for e in reg.all():
         if (e.kind, e.name) in BUILTINS:
-            assert e.dist == "ptk" and e.version == ptk.__version__
-    assert not [b for b in reg.broken if b.dist == "ptk"]
+            assert e.dist == ptk.DISTRIBUTION and e.version == ptk.__version__
+    assert not [b for b in reg.broken if b.dist == ptk.DISTRIBUTION]
 
 
 def test_in_process_plugin_registers_through_the_hooks():
@@ -108,7 +109,7 @@ def test_plugins_command_lists_kind_distribution_and_threat_model(ptk):
     rows = {(p["kind"], p["name"]): p for p in out["plugins"]}
     assert BUILTINS <= set(rows)
     ens = rows[("defense", "ensemble")]
-    assert ens["distribution"] == "ptk" and ens["threat_model"]["knows_target"] is False
+    assert ens["distribution"] == DISTRIBUTION and ens["threat_model"]["knows_target"] is False
     assert {o["name"] for o in ens["options"]} == {"k", "mode"}
     text = ptk("plugins", "labelflip").output
     assert "-o labelflip.budget=250" in text

@@ -4,6 +4,9 @@ The names below are the public API for plugin authors; everything else is privat
 """
 
 __version__ = "0.1.0"
+#: The name on the package index (``pip install ptk-poison``): ``ptk`` there is an unrelated parser.
+#: The import name and the command stay ``ptk`` (docs/architecture.md says why).
+DISTRIBUTION = "ptk-poison"
 
 from .api import (  # noqa: E402
     API_VERSION,
@@ -39,7 +42,7 @@ from .readers import is_tarball, read_image_folder  # noqa: E402
 from .train import Recipe, autocast, epoch_batches, make_optimizer, optimizer_step, training_batch  # noqa: E402
 
 __all__ = [
-    "API_VERSION", "SUPPORTED_API_VERSIONS", "Attack", "AttackContext", "DataMissing", "Dataset",
+    "API_VERSION", "DISTRIBUTION", "SUPPORTED_API_VERSIONS", "Attack", "AttackContext", "DataMissing", "Dataset",
     "DatasetSource", "Defense", "DefenseContext", "DefenseResult", "ModelSpec", "Option", "Poisoning",
     "Predictor", "Target", "ThreatModel", "ThreatModelViolation", "Trigger", "UsageError", "hookimpl",
     "stratified_indices", "__version__",

@@ -27,7 +27,7 @@ def open_store(db: Path):
 @click.option("--db", type=click.Path(path_type=Path), help="record store (default runs/<grid name>/sweep.db)")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: cells one after another in this process, sharing the model cache; "
-                   "ray: each cell a Ray task (pip install 'ptk[ray]')")
+                   "ray: each cell a Ray task (pip install 'ptk-poison[ray]')")
 @click.option("--ray-address", help="Ray cluster to join (or $RAY_ADDRESS); default: a local cluster on this machine")
 @click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="ray: CPUs each cell asks for (also its torch thread count)")

@@ -135,7 +135,7 @@ def connect_ray(settings: RaySettings):
     try:
         import ray
     except ImportError:
-        raise UsageError("--executor ray needs Ray: pip install 'ptk[ray]'") from None
+        raise UsageError("--executor ray needs Ray: pip install 'ptk-poison[ray]'") from None
     address = settings.address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": settings.verbose}
     if address is None:
