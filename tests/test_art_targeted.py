@@ -271,8 +271,7 @@ def quick_attack_context(attack: str, *assignments: str) -> tuple[ptk.AttackCont
     from the session's cache when a run trained it), and the attack's options; no poisoned model is trained."""
     from ptk.cache import ModelCache
     from ptk.cli import build_config
-    from ptk.context import Session
-    from ptk.experiment import check_against_data, choose_target, load_data, plan
+    from ptk.experiment import check_against_data, choose_target, load_data, new_session, plan
     from ptk.paths import cache_dir
     from ptk.registry import load_registry
 
@@ -281,11 +280,11 @@ def quick_attack_context(attack: str, *assignments: str) -> tuple[ptk.AttackCont
     data = load_data(p, None)
     source, target_class = check_against_data(p, data)
     data = data.to(p.device)
-    session = Session(data, p.model, p.options[p.model.name], p.recipe, ModelCache(cache_dir(None)), p.device,
-                      config.seed)
+    session = new_session(p, data, ModelCache(cache_dir(None)))
     clean = session.train(data.x_train, data.y_train, desc="clean model")
     target = choose_target(p, data, clean, source, target_class)
-    return ptk.AttackContext(session, data, p.options, clean, target), p.options[attack]
+    return (ptk.AttackContext(session=session, data=data, options_of=p.options, clean_model=clean, target=target),
+            p.options[attack])
 
 
 def test_bullseye_polytope_moves_the_poisons_feature_centre_onto_the_target(ptk):  # ptk: the session's cache

@@ -12,7 +12,7 @@ import torch
 import ptk
 from ptk.api import defense_goals, goal_refusal
 from ptk.config import ExperimentConfig
-from ptk.context import Target
+from ptk import Target
 from ptk.evaluate import backdoor_asr, filtered
 from ptk.experiment import plan, run_experiment
 from ptk.options import UsageError

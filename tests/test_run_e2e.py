@@ -95,7 +95,7 @@ def test_redirected_run_prints_a_line_per_model_instead_of_a_progress_bar(tmp_pa
 
 def test_no_plain_progress_lines_on_a_terminal(monkeypatch, caplog):
     """On a terminal the tqdm bar shows progress; the plain lines would only break it up."""
-    from ptk.train import progress_line
+    from ptk.progress import progress_line
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:

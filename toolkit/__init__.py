@@ -19,9 +19,10 @@ from .api import (  # noqa: E402
     Poisoning,
     Predictor,
     ThreatModel,
+    Target,
     Trigger,
 )
-from .context import AttackContext, DefenseContext, Target  # noqa: E402
+from .context import AttackContext, DefenseContext  # noqa: E402
 from .data import Dataset, stratified_indices  # noqa: E402
 from .datastore import imagefolder_cache, stored_datasets  # noqa: E402
 from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance  # noqa: E402

@@ -54,7 +54,7 @@ def run_sweep(grid_file: Path, db: Path | None, executor: str, ray_address: str 
     from .registry import load_registry
     from .store import Store
     from .sweep import check_cells, expand, read_grid
-    from .train import inner_progress
+    from .progress import inner_progress
 
     if not grid_file.exists():
         raise UsageError(f"grid file {grid_file} does not exist")

@@ -42,56 +42,112 @@ class ExperimentConfig:
     target_rank: int = 0
     device: str = "auto"
 
+    def __post_init__(self) -> None:
+        """Every ExperimentConfig that exists is valid: built from a --config file, flags, a grid cell, a
+        recorded results.json or Python, it is checked here once, and passed on as itself from then on."""
+        values = self.to_dict()
+        hints = typing.get_type_hints(type(self))
+        for key, value in values.items():
+            problem = type_problem(value, hints[key])
+            if problem:
+                raise UsageError(f"key {key!r} {problem}, got {short(value)}")
+        for plugin, opts in self.options.items():
+            if not isinstance(opts, dict):
+                raise UsageError(f"options.{plugin} must be a table of option = value, got {short(opts)}")
+        if self.target_choice not in ("hardest", "random"):
+            raise UsageError(f"target_choice must be hardest or random, got {short(self.target_choice)}")
+        for key in BOUNDS:
+            problem = bound_problem(key, values[key])
+            if problem:
+                raise UsageError(problem)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "config") -> "ExperimentConfig":
-        """A config from a mapping (a --config file merged with flags), every value type- and range-checked."""
-        values = cls.check_types(raw, where)
-        config = cls(**values)
-        config.check_ranges(where)
-        return config
+        """A config from a mapping (a --config file merged with flags, a grid cell, a recorded config); a
+        problem is a UsageError naming ``where`` and the key."""
+        values = cls.normalised(raw, where)
+        try:
+            return cls(**values)
+        except UsageError as exc:
+            raise UsageError(f"{where}: {exc}") from None
 
     @classmethod
     def check_types(cls, raw: dict[str, Any], where: str = "config") -> dict[str, Any]:
-        """``raw`` with ``defenses`` normalised to a list of names; raises UsageError naming ``where`` and the key.
+        """``raw`` normalised (see :meth:`normalised`), each value's type checked: for the settings of a file
+        before they are merged with flags or a grid, so a bad one names its file."""
+        values = cls.normalised(raw, where)
+        hints = typing.get_type_hints(cls)
+        for key, value in values.items():
+            problem = type_problem(value, hints[key])
+            if problem:
+                raise UsageError(f"{where}: key {key!r} {problem}, got {short(value)}")
+        for plugin, opts in values.get("options", {}).items():
+            if not isinstance(opts, dict):
+                raise UsageError(f"{where}: options.{plugin} must be a table of option = value, got {short(opts)}")
+        return values
 
-        Driven by the dataclass's own annotations, so a new field is checked
-        without new code. ``defenses = "a,b"`` means a and b, as ``--defense a,b`` does.
-        """
+    @classmethod
+    def normalised(cls, raw: dict[str, Any], where: str = "config") -> dict[str, Any]:
+        """``raw`` with unknown keys refused and ``defenses`` normalised to a list of names:
+        ``defenses = "a,b"`` means a and b, as ``--defense a,b`` does."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(known))}")
-        hints = typing.get_type_hints(cls)
         values = dict(raw)
         names = values.get("defenses")
         names = [names] if isinstance(names, str) else names
         if isinstance(names, list) and all(isinstance(v, str) for v in names):
             values["defenses"] = [n.strip() for v in names for n in v.split(",") if n.strip()]
-        for key, value in values.items():
-            problem = type_problem(value, hints[key])
-            if problem:
-                raise UsageError(f"{where}: key {key!r} {problem}, got {value!r}")
-        for plugin, opts in values.get("options", {}).items():
-            if not isinstance(opts, dict):
-                raise UsageError(f"{where}: options.{plugin} must be a table of option = value, got {opts!r}")
         return values
 
-    def check_ranges(self, where: str = "config") -> None:
-        """Values of the right type that no run can use: each names the key and the fix."""
-        if self.target_choice not in ("hardest", "random"):
-            raise UsageError(f"{where}: target_choice must be hardest or random, got {self.target_choice!r}")
-        for key, low in (("epochs", 1), ("batch_size", 1), ("subset", 1), ("test_subset", 1), ("target_index", 0),
-                         ("target_rank", 0)):
-            value = getattr(self, key)
-            if value is not None and value < low:
-                raise UsageError(f"{where}: {key} must be at least {low}, got {value} (--{key.replace('_', '-')})")
-        if self.lr is not None and not self.lr > 0:
-            raise UsageError(f"{where}: lr must be positive, got {self.lr} (--lr; leave it out for the recipe's default)")
-        if not 0 <= self.seed < 2**32:
-            raise UsageError(f"{where}: seed must be in 0 .. 2**32-1 (numpy's seed range), got {self.seed} (--seed)")
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric setting may take, and the fix a message suggests."""
+
+    low: float
+    high: float | None = None
+    low_inclusive: bool = True
+    hint: str = ""
+    high_label: str = ""  # how messages write ``high`` (2**32-1 reads better than 4294967295)
+
+
+#: The one table of numeric bounds, for the run's config and for :class:`ptk.train.Recipe` (whose epochs,
+#: batch size and learning rate are these settings).
+BOUNDS: dict[str, Bound] = {
+    "epochs": Bound(1),
+    "batch_size": Bound(1),
+    "lr": Bound(0, low_inclusive=False, hint="; leave it out for the recipe's default"),
+    "seed": Bound(0, 2**32 - 1, hint=" (numpy's seed range)", high_label="2**32-1"),
+    "subset": Bound(1),
+    "test_subset": Bound(1),
+    "target_index": Bound(0),
+    "target_rank": Bound(0),
+}
+
+
+def bound_problem(key: str, value: float | None) -> str | None:
+    """Why ``value`` is outside ``BOUNDS[key]`` (None when inside, or unset): names the key and its flag."""
+    if value is None:
+        return None
+    b, flag = BOUNDS[key], f"--{key.replace('_', '-')}"
+    if b.high is not None and not b.low <= value <= b.high:
+        return f"{key} must be in {b.low} .. {b.high_label or b.high}{b.hint}, got {short(value)} ({flag})"
+    if not b.low_inclusive and not value > b.low:
+        return f"{key} must be positive, got {short(value)} ({flag}{b.hint})"
+    if b.low_inclusive and value < b.low:
+        return f"{key} must be at least {b.low}, got {short(value)} ({flag}{b.hint})"
+    return None
+
+
+def short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: a message stays one readable line whatever was typed."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
 
 
 def type_problem(value: Any, hint: Any) -> str | None:

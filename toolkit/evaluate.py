@@ -8,8 +8,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .api import DefenseResult, Predictor, Trigger
-from .context import Target, Trained
+from .session import Trained
+from .types import DefenseResult, Predictor, Target, Trigger
 from .data import Dataset
 from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance
 from .results import ModelRow, Rejection, Removal, Suspicion, Vote, WeightMeans

@@ -15,12 +15,16 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .atomic import write_json
-from .options import UsageError
+from .config import ExperimentConfig
+from .errors import UsageError
+from .progress import progress
 from .sweep import Cell
-from .train import progress
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 
 @dataclass
@@ -44,15 +48,14 @@ def device_label(device: str) -> str:
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
 
 
-def run_cell(config: dict[str, Any], registry=None, data_root: Path | None = None,
+def run_cell(cfg: ExperimentConfig, registry: Registry | None = None, data_root: Path | None = None,
              cache_root: Path | None = None) -> Outcome:
-    """Run one cell's config as ``ptk run`` would. An exception in the run is an outcome, not a crash:
-    the driver records it and the sweep goes on. Ctrl-C passes through."""
-    from .config import ExperimentConfig
+    """Run one cell's config (checked when the grid was expanded; it travels as itself, to a Ray worker
+    too) as ``ptk run`` would. An exception in the run is an outcome, not a crash: the driver records it
+    and the sweep goes on. Ctrl-C passes through."""
     from .experiment import run_experiment
     from .registry import load_registry
 
-    cfg = ExperimentConfig.from_dict(config)
     start = time.perf_counter()
     try:
         results = run_experiment(cfg, registry or load_registry(), save=lambda r: None, data_root=data_root,
@@ -104,7 +107,7 @@ def run_local(todo: list[Cell], recorder: Recorder, registry, data_root: Path | 
     for cell in todo:
         recorder.store.start(cell.id, device)
         try:
-            out = run_cell(cell.config.to_dict(), registry, data_root, cache_root)
+            out = run_cell(cell.config, registry, data_root, cache_root)
         except KeyboardInterrupt:
             recorder.store.release(cell.id)
             raise
@@ -122,7 +125,7 @@ class RaySettings:
     verbose: bool = False
 
 
-def _ray_cell(config: dict[str, Any], data_root: str | None, cache_root: str | None, cpus: float) -> Outcome:
+def _ray_cell(config: ExperimentConfig, data_root: str | None, cache_root: str | None, cpus: float) -> Outcome:
     """A Ray task: one cell on a worker, with torch's thread pool sized to the CPUs Ray gave it."""
     import torch
 
@@ -175,7 +178,7 @@ def _run_ray(ray, todo: list[Cell], recorder: Recorder, settings: RaySettings, d
 
     def submit(cell: Cell) -> None:
         recorder.store.start(cell.id, "ray")
-        ref = task.remote(cell.config.to_dict(), str(data_root) if data_root else None,
+        ref = task.remote(cell.config, str(data_root) if data_root else None,
                           str(cache_root) if cache_root else None, settings.cpus_per_cell)
         in_flight[ref] = cell
 

@@ -19,16 +19,21 @@ import numpy
 import torch
 
 from . import __version__
-from .api import DataMissing, Poisoning, Trigger, goal_refusal
+from .api import goal_refusal
+from .errors import DataMissing
+from .types import Poisoning, Trigger
 from .cache import ModelCache, tensor_digest
 from .config import ExperimentConfig
-from .context import AttackContext, DefenseContext, Session, Target
+from .context import AttackContext, DefenseContext
+from .session import Session
+from .types import Target
 from .evaluate import backdoor_asr, defense_row, model_row
 from .options import UsageError, resolve_options
 from .paths import cache_dir, data_dir
 from .registry import Entry, PluginError, Registry
 from .results import ModelRow, RunResults
-from .train import RECIPES, Recipe, Timer, predict_proba
+from .progress import Timer
+from .train import RECIPES, Recipe, predict_proba
 
 log = logging.getLogger("ptk")
 
@@ -89,7 +94,6 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
     defaults = RECIPES.get(config.recipe)
     if defaults is None:
         raise UsageError(f"unknown recipe {config.recipe!r}; recipes are: {', '.join(RECIPES)}")
-    config.check_ranges()
     recipe = Recipe(
         name=config.recipe,
         epochs=config.epochs,
@@ -248,7 +252,7 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
     clean_row = model_row("clean", clean, data, target)
     run.add_model(clean_row)
 
-    actx = AttackContext(session, data, p.options, clean.model, target)
+    actx = AttackContext(session=session, data=data, options_of=p.options, clean_model=clean.model, target=target)
     poisoning = call_plugin(p.attack, "poison", actx, attack_opts)
     trigger = checked_trigger(p.attack, poisoning, data)
     poison_idx = poisoning.poison_indices.to(p.device).long()
@@ -266,8 +270,10 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
     run.add_model(model_row("poisoned", poisoned, data, target, trigger))
 
     for entry in p.defenses:
-        ctx = DefenseContext(session, poisoned_data, p.options, poisoned.model, target, entry.plugin.threat,
-                             len(poison_idx), data.y_train, poison_idx, entry.name, trigger)
+        ctx = DefenseContext(session=session, data=poisoned_data, options_of=p.options, poisoned_model=poisoned.model,
+                             target=target, threat=entry.plugin.threat, attack_budget=len(poison_idx),
+                             clean_labels=data.y_train, poison_indices=poison_idx, defense_name=entry.name,
+                             trigger=trigger)
         before = len(session.trained)
         try:
             with Timer() as timer:
@@ -286,6 +292,14 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
             run.add_model(row)
 
 
+def new_session(p: Plan, data, cache: ModelCache) -> Session:
+    """The plan's training service: its model plugin (with where it came from, for the cache key), recipe,
+    device and seed."""
+    provenance = {"name": p.model.name, "distribution": p.model.dist, "version": p.model.version}
+    return Session(data=data, model=p.model.plugin, model_options=p.options[p.model.name], provenance=provenance,
+                   recipe=p.recipe, cache=cache, device=p.device, seed=p.config.seed)
+
+
 def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[[dict[str, Any]], None],
                    data_root: Path | None = None, cache_root: Path | None = None, use_cache: bool = True,
                    on_error: Callable[[str, str], None] | None = None) -> dict[str, Any]:
@@ -296,8 +310,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     data = data.to(p.device)
     torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
 
-    session = Session(data, p.model, p.options[p.model.name], p.recipe,
-                      ModelCache(cache_dir(cache_root) if use_cache else None), p.device, config.seed)
+    session = new_session(p, data, ModelCache(cache_dir(cache_root) if use_cache else None))
     # build the model once now, so a broken model plugin fails before any training
     call_plugin(p.model, "build", data.num_classes, data.image_shape, p.options[p.model.name])
     results = RunResults(

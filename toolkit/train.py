@@ -7,23 +7,17 @@ augmentation. On CUDA the forward runs under bf16 autocast in channels_last.
 
 from __future__ import annotations
 
-import logging
 import math
-import sys
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Iterable, Iterator, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .augment import crop_flip, draw_crop_flip
-from .options import UsageError
-
-T = TypeVar("T")
-log = logging.getLogger("ptk")
+from .config import bound_problem
+from .errors import UsageError
+from .progress import progress
 
 
 @dataclass(frozen=True)
@@ -43,60 +37,16 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.name not in RECIPES:
             raise UsageError(f"unknown recipe {self.name!r}; recipes are: {', '.join(RECIPES)}")
-        if self.epochs < 1:
-            raise UsageError(f"--epochs must be at least 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
+        for key in ("epochs", "batch_size", "lr"):
+            problem = bound_problem(key, getattr(self, key))
+            if problem:
+                raise UsageError(problem)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 RECIPES = {"study": dict(batch_size=128, lr=1e-4), "fast": dict(batch_size=512, lr=0.2)}
-
-
-def stderr_is_terminal() -> bool:
-    """Whether stderr is a terminal (tqdm draws its bars only there)."""
-    isatty = getattr(sys.stderr, "isatty", None)
-    return bool(callable(isatty) and isatty())
-
-
-#: Off while a sweep runs (unless ``-v``): its one bar over cells replaces every model's bar and line.
-INNER_PROGRESS = {"enabled": True}
-
-
-@contextmanager
-def inner_progress(enabled: bool) -> Iterator[None]:
-    """Turn the per-model bars and lines on or off for the duration (a sweep's ``-v``)."""
-    before = INNER_PROGRESS["enabled"]
-    INNER_PROGRESS["enabled"] = enabled
-    try:
-        yield
-    finally:
-        INNER_PROGRESS["enabled"] = before
-
-
-def progress_line(message: str) -> None:
-    """Log ``ptk: message`` (INFO, logger ``ptk``) when stderr is not a terminal.
-
-    A run redirected to a file or a pipe gets no tqdm bar, so without these
-    lines it would print nothing for as long as a model trains (minutes to
-    hours). Called once per model, never per batch; on a terminal the bar says it.
-    """
-    if INNER_PROGRESS["enabled"] and not stderr_is_terminal():
-        log.info("ptk: %s", message)
-
-
-def progress(items: Iterable[T], desc: str, total: int | None = None, enabled: bool = True,
-             outer: bool = False) -> Iterator[T]:
-    """A tqdm bar on stderr when it is a terminal; silent in logs and tests (see :func:`progress_line`).
-    ``outer`` bars (a sweep's bar over cells) stay on when the inner ones are turned off."""
-    from tqdm.auto import tqdm
-
-    enabled = enabled and (outer or INNER_PROGRESS["enabled"])
-    return iter(tqdm(items, desc=desc, total=total, leave=outer, disable=None if enabled else True))
 
 
 def autocast(device: torch.device):
@@ -249,15 +199,3 @@ def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
     model.eval()
     logits = batched(model, x, batch_size, desc="per-sample loss")
     return F.cross_entropy(logits, y, reduction="none")
-
-
-class Timer:
-    """Wall-clock seconds of a block: ``with Timer() as t: ...; t.seconds``."""
-
-    def __enter__(self) -> "Timer":
-        self.start = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self.start

@@ -11,7 +11,7 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 
 from ..errors import UsageError
-from ..train import progress
+from ..progress import progress
 
 #: Images per task sent to a decoding worker, and the fewest images worth starting workers for.
 CHUNK, PARALLEL_FROM = 1000, 4000
