@@ -36,18 +36,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import StubNetwork, relative_error  # benchmarks/: the script's folder (tests put it on sys.path)
+from study import import_cifar, network, ptk_cli, study_row, sync
+
+from ptk.augment import random_crop_flip
+from ptk.train import Recipe, autocast, train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The CIFAR-10 JPEG archive: beside the project (../shared/data), or in the git-ignored data-carry/
 #: folder that travels to a GPU machine; --cifar PATH overrides.
 ARCHIVES = [ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz", ROOT / "data-carry" / "cifar10-jpeg.tar.gz"]
 ARCHIVE = next((a for a in ARCHIVES if a.exists()), ARCHIVES[0])
-sys.path.insert(0, str(ROOT / "benchmarks"))  # where it is imported rather than run as a script
-
-from common import StubNetwork, relative_error  # noqa: E402
-from study import import_cifar, network, ptk_cli, study_row, sync  # noqa: E402
-from ptk.augment import random_crop_flip  # noqa: E402
-from ptk.train import Recipe, autocast, train_model  # noqa: E402
 
 
 def images(n: int, device: torch.device, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from ptk.config import ExperimentConfig
 from ptk.evaluate import backdoor_asr
 from ptk.experiment import run_experiment
 from ptk.registry import load_registry
-from ptk.store import Store
+from ptk.sweepstore import SweepStore
 from ptk_plugins import art_backdoor, art_spectral
 from ptk_plugins.activation_clustering_art import art_classifier
 
@@ -181,7 +181,7 @@ def test_art_backdoor_and_art_spectral_signatures_end_to_end(ptk, tmp_path):
     report = (out / "report.md").read_text()
     assert "| success | ASR |" in report and "backdoor trigger: art add_pattern_bd" in report
     # the sweep store keeps the ASR in its own column, and the row JSON once
-    store = Store(tmp_path / "store.sqlite")
+    store = SweepStore(tmp_path / "store.sqlite")
     store.finish("cell", r, 1.0)
     con = sqlite3.connect(tmp_path / "store.sqlite")
     asr = dict(con.execute("SELECT name, backdoor_asr FROM models"))
@@ -229,7 +229,7 @@ def test_store_from_before_backdoor_asr_gains_the_column(tmp_path):
     con.executescript("CREATE TABLE models (cell_id TEXT NOT NULL, name TEXT NOT NULL, row TEXT NOT NULL, "
                       "PRIMARY KEY (cell_id, name));")
     con.close()
-    Store(db).close()
+    SweepStore(db).close()
     con = sqlite3.connect(db)
     assert "backdoor_asr" in {row[1] for row in con.execute("PRAGMA table_info(models)")}
 

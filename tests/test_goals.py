@@ -15,10 +15,10 @@ from ptk.config import ExperimentConfig
 from ptk import Target
 from ptk.evaluate import backdoor_asr, filtered
 from ptk.experiment import plan, run_experiment
-from ptk.options import UsageError
+from ptk.errors import UsageError
 from ptk.registry import check_plugin, load_registry
 from ptk.report import markdown
-from ptk.store import Store
+from ptk.sweepstore import SweepStore
 
 from conftest import model_row
 from test_plugin_api import Blobs, BlobsAndMlp
@@ -155,7 +155,7 @@ def test_a_test_time_filter_reports_its_rejections_and_rejected_inputs_do_not_co
     report = markdown(r)
     assert "| rej. clean | rej. trig. |" in report and "refuses to classify" in report
     # the sweep store keeps both shares in their own columns
-    store = Store(tmp_path / "store.sqlite")
+    store = SweepStore(tmp_path / "store.sqlite")
     store.finish("cell", r, 1.0)
     got = dict(store.db.execute("SELECT name, rejected_clean FROM models WHERE rejected_clean IS NOT NULL").fetchall())
     assert got == {"goal-corner-filter": corner["rejected_clean"], "goal-reject-all": 1.0}

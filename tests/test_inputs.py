@@ -162,7 +162,7 @@ def test_a_decompression_bomb_image_is_a_usage_error_naming_the_file(monkeypatch
 
     from PIL import Image
 
-    from ptk.options import UsageError
+    from ptk.errors import UsageError
     from ptk.readers import decode_image
 
     buf = io.BytesIO()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ptk.cli import build_config
-from ptk.options import Option, UsageError, parse_assignments, positive, resolve_options
+from ptk.errors import UsageError
+from ptk.options import Option, parse_assignments, positive, resolve_options
 
 OPTS = [Option("k", int, 5, "members", check=positive), Option("mode", str, "a", "mode", choices=("a", "b")),
         Option("flag", bool, False, "a flag")]

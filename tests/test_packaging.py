@@ -109,4 +109,4 @@ def test_the_name_users_install_is_this_projects_everywhere():
     deps = example["project"]["dependencies"]
     assert any(d.startswith(f"{ptk.DISTRIBUTION}>=") for d in deps), deps
     assert not any(d.replace(" ", "").startswith(("ptk>", "ptk<", "ptk=")) for d in deps), deps
-    assert f"## Unreleased" in (ROOT / "CHANGELOG.md").read_text()
+    assert "## Unreleased" in (ROOT / "CHANGELOG.md").read_text()

@@ -10,7 +10,8 @@ import pytest
 
 import ptk
 from ptk import DISTRIBUTION
-from ptk.registry import PluginError, load_registry
+from ptk.errors import PluginError
+from ptk.registry import load_registry
 
 BUILTINS = {("attack", "labelflip"), ("defense", "ensemble"), ("dataset", "digits"), ("model", "resnet18")}
 

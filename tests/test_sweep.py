@@ -11,7 +11,8 @@ import pytest
 import ptk
 from ptk.config import PRESETS
 from ptk.registry import load_registry
-from ptk.rates import success_rates, wilson_interval
+from ptk.rates import success_rates
+from ptk.stats import wilson_interval
 from ptk.sweep import expand, read_grid
 
 #: Small enough for CI: 800 digits, width 8, 2 epochs (each model trains in a few seconds on 2 cores).
@@ -253,8 +254,8 @@ def test_sigkill_of_the_driver_then_resume_gives_the_rows_of_an_uninterrupted_sw
 
 
 def test_report_writes_tables_and_plots_whose_rates_match_the_store(ptk, tmp_path, monkeypatch):
-    from ptk.rates import wilson_interval
-    from ptk.store import Store
+    from ptk.stats import wilson_interval
+    from ptk.sweepstore import SweepStore
 
     monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
     path, db = tmp_path / "g.toml", tmp_path / "s" / "sweep.db"
@@ -262,7 +263,7 @@ def test_report_writes_tables_and_plots_whose_rates_match_the_store(ptk, tmp_pat
     ptk("sweep", "run", path, "--db", db)
     # a pending cell (the grid grew but was not run) is counted by status, not by the rates
     write_grid(path, 'targets = 3\n"labelflip.budget" = [10, 30, 20]\n')
-    store = Store(db)
+    store = SweepStore(db)
     for cell in expand(*read_grid(path, PRESETS), str(path)):
         store.add_cell(cell.id, cell.config.to_dict(), cell.values)
     store.close()

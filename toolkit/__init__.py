@@ -3,12 +3,7 @@
 The names below are the public API for plugin authors; everything else is private.
 """
 
-__version__ = "0.1.0"
-#: The name on the package index (``pip install ptk-poison``): ``ptk`` there is an unrelated parser.
-#: The import name and the command stay ``ptk`` (docs/architecture.md says why).
-DISTRIBUTION = "ptk-poison"
-
-from .api import (  # noqa: E402
+from .api import (
     API_VERSION,
     SUPPORTED_API_VERSIONS,
     Attack,
@@ -22,14 +17,14 @@ from .api import (  # noqa: E402
     Target,
     Trigger,
 )
-from .context import AttackContext, DefenseContext  # noqa: E402
-from .data import Dataset, stratified_indices  # noqa: E402
-from .datastore import imagefolder_cache, stored_datasets  # noqa: E402
-from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance  # noqa: E402
-from .errors import DataCorrupt, DataMissing, PluginError, ThreatModelViolation, UsageError  # noqa: E402
-from .hookspecs import hookimpl  # noqa: E402
-from .importers import DEBIAN_FASHION_MNIST, find_debian_fashion_mnist, read_dataset  # noqa: E402
-from .options import (  # noqa: E402
+from .context import AttackContext, DefenseContext
+from .data import Dataset, stratified_indices
+from .datastore import imagefolder_cache, stored_datasets
+from .ensembles import EnsemblePredictor, vote_prediction_and_tolerance
+from .errors import DataCorrupt, DataMissing, PluginError, ThreatModelViolation, UsageError
+from .hookspecs import hookimpl
+from .importers import DEBIAN_FASHION_MNIST, find_debian_fashion_mnist, read_dataset
+from .options import (
     Option,
     check_removal_count,
     fraction,
@@ -38,9 +33,14 @@ from .options import (  # noqa: E402
     removal_count,
     share,
 )
-from .readers import is_tarball, read_image_folder  # noqa: E402
+from .readers import is_tarball, read_image_folder
 # the training kit: the pieces of ptk's own loop, for a defense with its own (see bilevel)
-from .train import Recipe, autocast, epoch_batches, make_optimizer, optimizer_step, training_batch  # noqa: E402
+from .train import Recipe, autocast, epoch_batches, make_optimizer, optimizer_step, training_batch
+
+__version__ = "0.1.0"
+#: The name on the package index (``pip install ptk-poison``): ``ptk`` there is an unrelated parser.
+#: The import name and the command stay ``ptk`` (docs/architecture.md says why).
+DISTRIBUTION = "ptk-poison"
 
 __all__ = [
     "API_VERSION", "DISTRIBUTION", "SUPPORTED_API_VERSIONS", "Attack", "AttackContext", "DataMissing", "Dataset",

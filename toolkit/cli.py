@@ -13,9 +13,12 @@ import click
 
 from . import __version__
 from .api import defense_goals
+from .cli_data import data as data_commands
+from .cli_sweep import sweep as sweep_commands
 from .config import PRESETS, ExperimentConfig, load_toml, merge
-from .options import UsageError, parse_assignments
-from .registry import PluginError, load_registry
+from .errors import PluginError, UsageError
+from .options import parse_assignments
+from .registry import load_registry
 
 RUN_FLAGS = ("dataset", "model", "attack", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
              "test_subset", "source", "target", "target_index", "target_choice", "target_rank", "device")
@@ -244,8 +247,5 @@ def main() -> None:
     cli()
 
 
-from .cli_data import data as _data  # noqa: E402
-from .cli_sweep import sweep as _sweep  # noqa: E402
-
-cli.add_command(_data)
-cli.add_command(_sweep)
+cli.add_command(data_commands)
+cli.add_command(sweep_commands)

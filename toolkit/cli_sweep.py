@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .options import UsageError
+from .errors import UsageError
 
 
 @click.group()
@@ -15,11 +15,11 @@ def sweep() -> None:
 
 
 def open_store(db: Path):
-    from .store import Store
+    from .sweepstore import SweepStore
 
     if not db.exists():
         raise UsageError(f"record store {db} does not exist; `ptk sweep run GRID.toml` makes one")
-    return Store(db)
+    return SweepStore(db)
 
 
 @sweep.command("run")
@@ -50,9 +50,10 @@ def run_sweep(grid_file: Path, db: Path | None, executor: str, ray_address: str 
     from .config import PRESETS
     from .executors import RaySettings, Recorder, device_label, run_local, run_ray
     from .paths import cache_dir as resolve_cache
-    from .rates import rates_table, success_rates
+    from .rates import success_rates
+    from .sweep_report import rates_table
     from .registry import load_registry
-    from .store import Store
+    from .sweepstore import SweepStore
     from .sweep import check_cells, expand, read_grid
     from .progress import inner_progress
 
@@ -65,7 +66,7 @@ def run_sweep(grid_file: Path, db: Path | None, executor: str, ray_address: str 
     db = db or Path("runs") / grid_file.stem / "sweep.db"
     # resolved here, so a Ray worker on another node gets the driver's paths (on a shared filesystem)
     cache_root = resolve_cache(cache_dir)
-    store = Store(db)
+    store = SweepStore(db)
     try:
         for cell in cells:
             store.add_cell(cell.id, cell.config.to_dict(), cell.values)
@@ -98,7 +99,8 @@ def run_sweep(grid_file: Path, db: Path | None, executor: str, ray_address: str 
 def report(db: Path, out: Path | None) -> None:
     """Attack success rate (95% Wilson interval), accuracy and its drop, removal quality and cost per
     setting and model; writes report.md, rates.csv, rates.json and two plots."""
-    from .rates import rates_table, success_rates, write_sweep_report
+    from .rates import success_rates
+    from .sweep_report import rates_table, write_sweep_report
 
     store = open_store(db)
     try:

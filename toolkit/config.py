@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .options import UsageError
+from .errors import UsageError
 
 if sys.version_info >= (3, 11):
     import tomllib

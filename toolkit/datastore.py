@@ -33,7 +33,7 @@ from .atomic import atomic_path, sha256_file, write_json
 from .data import Dataset
 from .errors import DataCorrupt, UsageError
 
-__all__ = ["DataCorrupt", "FORMAT", "Store", "StoredInfo", "check_name", "imagefolder_cache", "stored_datasets"]
+__all__ = ["DataCorrupt", "FORMAT", "DataStore", "StoredInfo", "check_name", "imagefolder_cache", "stored_datasets"]
 
 FORMAT = "ptk-dataset-1"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -73,7 +73,7 @@ class StoredInfo:
         return self.shapes["x_test"][0]
 
 
-class Store:
+class DataStore:
     """A folder of stored data sets, each a ``<name>.npz`` plus its ``<name>.json`` sidecar."""
 
     def __init__(self, root: Path) -> None:
@@ -167,11 +167,11 @@ class Store:
                           str(meta.get("source", "")), str(meta.get("imported", "")), dict(meta.get("extra", {})))
 
 
-def stored_datasets(data_dir: Path) -> Store:
+def stored_datasets(data_dir: Path) -> DataStore:
     """Data sets the user imported (``ptk data import`` / ``ptk data download``)."""
-    return Store(Path(data_dir) / "datasets")
+    return DataStore(Path(data_dir) / "datasets")
 
 
-def imagefolder_cache(data_dir: Path) -> Store:
+def imagefolder_cache(data_dir: Path) -> DataStore:
     """Decoded copies of image folders given with ``-o imagefolder.path=...``, keyed by path and mtimes."""
-    return Store(Path(data_dir) / "cache" / "imagefolder")
+    return DataStore(Path(data_dir) / "cache" / "imagefolder")

@@ -25,6 +25,7 @@ from .sweep import Cell
 
 if TYPE_CHECKING:
     from .registry import Registry
+    from .sweepstore import SweepStore
 
 
 @dataclass
@@ -80,7 +81,7 @@ class Recorder:
     """The driver's side of a sweep: marks cells running, writes outcomes into the store and
     ``results_dir/<cell id>.json``, counts, and prints one line per cell."""
 
-    def __init__(self, store, results_dir: Path, todo: int, skipped: int, echo: Callable[[str], None]) -> None:
+    def __init__(self, store: SweepStore, results_dir: Path, todo: int, skipped: int, echo: Callable[[str], None]) -> None:
         self.store, self.results_dir, self.echo = store, results_dir, echo
         self.todo = todo
         self.counts = {"cells": todo + skipped, "skipped": skipped, "complete": 0, "failed": 0}
@@ -100,7 +101,7 @@ class Recorder:
         self.echo(f"cell {done}/{self.todo} ({cell.label}): {status} in {out.seconds:.1f} s on {out.host}{why}")
 
 
-def run_local(todo: list[Cell], recorder: Recorder, registry, data_root: Path | None, cache_root: Path | None,
+def run_local(todo: list[Cell], recorder: Recorder, registry: Registry, data_root: Path | None, cache_root: Path | None,
               device: str) -> None:
     """Cells one after another in this process, sharing the model cache. Ctrl-C puts the cell in flight
     back to pending and re-raises."""

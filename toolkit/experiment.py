@@ -20,7 +20,7 @@ import torch
 
 from . import __version__
 from .api import goal_refusal
-from .errors import DataMissing
+from .errors import DataMissing, PluginError, UsageError
 from .types import Poisoning, Trigger
 from .cache import ModelCache, tensor_digest
 from .config import ExperimentConfig
@@ -28,9 +28,9 @@ from .context import AttackContext, DefenseContext
 from .session import Session
 from .types import Target
 from .evaluate import backdoor_asr, defense_row, model_row
-from .options import UsageError, resolve_options
+from .options import resolve_options
 from .paths import cache_dir, data_dir
-from .registry import Entry, PluginError, Registry
+from .registry import Entry, Registry
 from .results import ModelRow, RunResults
 from .progress import Timer
 from .train import RECIPES, Recipe, predict_proba

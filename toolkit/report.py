@@ -3,11 +3,11 @@ and the console table."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 from .atomic import write_bytes, write_json, write_text
+from .plots import new_figure, png_bytes
 
 COLUMNS = ("model", "test acc", "P(source)", "P(target)", "pred", "success", "removed", "precision", "recall",
            "AUROC", "train s")
@@ -122,17 +122,12 @@ def markdown(results: dict[str, Any]) -> str:
 
 def chart_png(results: dict[str, Any]) -> bytes:
     """The study's chart: source vs target-class probability of the target image, per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     t = results["target"]
     models = [m for m in results["models"] if not m.get("failed")]
     names = [m["name"] for m in models]
     src = [m["target_probs"][t["source_class"]] for m in models]
     tgt = [m["target_probs"][t["target_class"]] for m in models]
-    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(names) + 2), 4))
+    fig, ax = new_figure(figsize=(max(5, 1.2 * len(names) + 2), 4))
     xs = range(len(names))
     ax.bar([x - 0.2 for x in xs], src, 0.4, label=f"P({t['source_class']})")
     ax.bar([x + 0.2 for x in xs], tgt, 0.4, label=f"P({t['target_class']})")
@@ -144,32 +139,16 @@ def chart_png(results: dict[str, Any]) -> bytes:
     return png_bytes(fig)
 
 
-def png_bytes(fig) -> bytes:
-    """A finished matplotlib figure as PNG bytes (the figure is closed)."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def asr_chart_png(results: dict[str, Any]) -> bytes:
     """A backdoor run's chart: per model, the attack success rate on triggered test images beside clean test
     accuracy (what the defense cost), and a test-time filter's rejection shares where there is one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = [m for m in results["models"] if not m.get("failed") and m.get("backdoor_asr") is not None]
     names = [m["name"] for m in models]
     bars = [("backdoor ASR", "backdoor_asr"), ("clean test accuracy", "test_accuracy")]
     if any("rejected_clean" in m for m in models):
         bars += [("rejected: triggered", "rejected_triggered"), ("rejected: clean", "rejected_clean")]
     width = 0.8 / len(bars)
-    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(names) + 2) + 2, 4))
+    fig, ax = new_figure(figsize=(max(5, 1.3 * len(names) + 2) + 2, 4))
     for i, (label, key) in enumerate(bars):
         xs = [x - 0.4 + width * (i + 0.5) for x in range(len(names))]
         ax.bar(xs, [m.get(key) or 0.0 for m in models], width, label=label)

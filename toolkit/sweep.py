@@ -18,11 +18,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import ExperimentConfig, load_toml, merge
-from .options import UsageError
+from .errors import UsageError
 from .rates import settings_label
+
+if TYPE_CHECKING:
+    from .registry import Registry
 
 #: ExperimentConfig fields a grid may vary; anything with a dot is a plugin option (``labelflip.budget``).
 RUN_KEYS = {"dataset", "model", "attack", "defenses", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
@@ -134,7 +137,7 @@ class once_per_message(logging.Filter):
         self.logger.removeFilter(self)
 
 
-def check_cells(cells: list[Cell], registry, data_root: Path | None) -> None:
+def check_cells(cells: list[Cell], registry: Registry, data_root: Path | None) -> None:
     """Every cell planned and checked against its data as `ptk run` would, before the first training:
     a bad cell is refused naming the cell. Data are loaded once per distinct data setting."""
     from .experiment import check_against_data, load_data, plan

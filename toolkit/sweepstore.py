@@ -68,7 +68,7 @@ def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
-class Store:
+class SweepStore:
     """A sweep's SQLite file. Writes happen in short transactions, one per state change of a cell."""
 
     def __init__(self, path: Path) -> None:
@@ -165,7 +165,7 @@ MODEL_COLUMNS = ("cell_id", "name", "seed", "attack", "budget", "target_index", 
                  "backdoor_asr", "rejected_clean", "rejected_triggered", "removed_count", "removal_precision", "removal_recall", "suspicion_auroc",
                  "train_seconds", "defense_seconds", "threat_model", "failed", "error", "row")
 #: Columns added to ``models`` after the first release of the schema, with their SQL types (see
-#: :meth:`Store.add_missing_columns`).
+#: :meth:`SweepStore.add_missing_columns`).
 ADDED_MODEL_COLUMNS = {"backdoor_asr": "REAL", "rejected_clean": "REAL", "rejected_triggered": "REAL"}
 
 
