@@ -11,10 +11,10 @@ import torch
 import ptk
 from ptk.cache import tensor_digest
 from ptk.options import resolve_options
-from ptk_plugins import art_clean_label_backdoor as clb
-from ptk_plugins import art_sleeper_agent as sa
-from ptk_plugins.activation_clustering_art import art_classifier, from_art_images
-from ptk_plugins.art_backdoor import apply_trigger, stamp
+from ptk_plugins.art import clean_label_backdoor as clb
+from ptk_plugins.art import sleeper_agent as sa
+from ptk_plugins.art._bridge import art_classifier, from_art_images
+from ptk_plugins.art._triggers import apply_trigger, stamp
 from ptk_plugins.digits import Digits
 
 from conftest import load_results

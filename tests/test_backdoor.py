@@ -20,8 +20,9 @@ from ptk.evaluate import backdoor_asr
 from ptk.experiment import run_experiment
 from ptk.registry import load_registry
 from ptk.store import Store
-from ptk_plugins import art_backdoor, art_spectral
-from ptk_plugins.activation_clustering_art import art_classifier
+from ptk_plugins.art import backdoor as art_backdoor
+from ptk_plugins.art import spectral as art_spectral
+from ptk_plugins.art._bridge import art_classifier
 
 from conftest import load_results, model_row
 from test_plugin_api import Blobs, BlobsAndMlp, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
