@@ -4,6 +4,8 @@ both through the CLI on the quick preset."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -118,6 +120,17 @@ def test_clean_label_backdoor_checks_refuse_impossible_settings(tmp_path):
                             ("norm", "1", "not one of inf, 2")]:
         with pytest.raises(ptk.UsageError, match=error):
             resolve_options(attack.name, attack.options, {key: bad})
+
+
+def test_clean_label_backdoor_records_the_norm_its_pgd_ran_with(tmp_path):
+    """results.json's ``pgd.norm`` is the ``norm`` option (it once said "inf" whatever the user chose)."""
+    data = Blobs().load(tmp_path, {})
+    attack = clb.ArtCleanLabelBackdoor()
+    for norm in ("2", "inf"):
+        options = resolve_options(attack.name, attack.options, {"norm": norm, "max_iter": "1"})
+        ctx = SimpleNamespace(data=data, target=SimpleNamespace(target_class=1), clean_model=tiny_net(),
+                              device=torch.device("cpu"), seed=0)
+        assert attack.poison(ctx, options).details["pgd"]["norm"] == norm
 
 
 # --- art-sleeper-agent --------------------------------------------------------------------------------------------

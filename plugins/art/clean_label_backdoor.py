@@ -128,7 +128,7 @@ class ArtCleanLabelBackdoor(Attack):
         trigger = art_trigger(options["trigger"], cls)
         n = len(class_indices(ctx.data.y_train, cls))
         details = {"art_version": art_version(), "perturbation": trigger.description,
-                   "pgd": {"norm": "inf", "eps": options["eps"], "eps_step": options["eps_step"],
+                   "pgd": {"norm": options["norm"], "eps": options["eps"], "eps_step": options["eps_step"],
                            "max_iter": options["max_iter"], "num_random_init": 0},
                    "pp_poison": options["pp_poison"], "backdoor_target_class": ctx.data.classes[cls],
                    "target_class_size": n, "draws": drawn, "poisoned": len(chosen)}
