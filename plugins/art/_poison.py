@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptk import Option
 from ptk_plugins.art._bridge import art_classifier, from_art_images
 
 #: ptk's images are uint8: an ART perturbation budget of ``epsilon / LEVELS`` is ``epsilon`` grey levels
@@ -51,6 +52,11 @@ def levels(value: float) -> str | None:
     hint = f"; ART's epsilon={value} is epsilon={value * LEVELS:g} here" if value > 0 else ""
     return (f"must be at least 1 (grey levels of {LEVELS}: uint8 images cannot move by less than one level), "
             f"got {value}{hint}")
+
+
+#: The ``epsilon`` option of the clean-label attacks that take their budget in grey levels
+EPSILON_OPTION = Option("epsilon", float, 32.0, "L-inf budget in grey levels of 255 (ART's epsilon x 255; ART's "
+                        "default 0.1 is 25.5)", check=levels)
 
 
 def surrogate(network: nn.Module, image_shape: tuple[int, ...], num_classes: int, device: torch.device):

@@ -14,12 +14,15 @@ import functools
 import numpy as np
 import torch
 
-from ptk import Dataset, Trigger, UsageError
+from ptk import Dataset, Option, Trigger, UsageError
 
 #: ART's perturbation function for each value of the ``trigger`` option
 PERTURBATIONS = {"pattern": "add_pattern_bd", "pixel": "add_single_bd"}
 #: ptk's images are uint8: the trigger's pixels are white
 PIXEL_VALUE = 255
+#: The ``trigger`` option of the backdoors that stamp ART's trigger
+TRIGGER_OPTION = Option("trigger", str, "pattern", "ART's perturbation: pattern (add_pattern_bd, a 4-pixel "
+                        "checkerboard corner) or pixel (add_single_bd, one pixel)", choices=tuple(PERTURBATIONS))
 
 
 def stamp(x: np.ndarray, trigger: str, pixel_value: int | float = PIXEL_VALUE) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, fraction, hookimpl
 from ptk_plugins.art._bridge import art_version
 from ptk_plugins.art._poison import poison_count
-from ptk_plugins.art._triggers import (PERTURBATIONS, art_trigger, check_trigger_fits, poison_pool, stamp,
+from ptk_plugins.art._triggers import (TRIGGER_OPTION, art_trigger, check_trigger_fits, poison_pool, stamp,
                                        target_class_of)
 
 
@@ -56,8 +56,7 @@ class ArtBackdoor(Attack):
     api_version = 2
     goal = "backdoor"
     options = [
-        Option("trigger", str, "pattern", "ART's perturbation: pattern (add_pattern_bd, a 4-pixel checkerboard "
-               "corner) or pixel (add_single_bd, one pixel)", choices=tuple(PERTURBATIONS)),
+        TRIGGER_OPTION,
         Option("fraction", float, 0.1, "share of the training images not of the target class to poison",
                check=fraction),
         Option("target_class", str, "", "the class triggered images should go to (name or index; empty: the "

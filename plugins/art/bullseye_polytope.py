@@ -39,7 +39,7 @@ import torch
 
 from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive
 from ptk_plugins.art._bridge import art_images, art_seeded, art_version, quiet_art
-from ptk_plugins.art._poison import LEVELS, class_indices, levels, perturbation_stats, surrogate, to_uint8
+from ptk_plugins.art._poison import EPSILON_OPTION, LEVELS, class_indices, perturbation_stats, surrogate, to_uint8
 
 #: The surrogate's penultimate layer, by name (see FeaturesLast)
 FEATURE_LAYER = "features"
@@ -122,8 +122,7 @@ class ArtBullseyePolytope(Attack):
     options = [
         Option("budget", int, 20, "target-class training images to perturb (the polytope's vertices; the "
                "paper: 5)", check=positive),
-        Option("epsilon", float, 32.0, "L-inf budget in grey levels of 255 (ART's epsilon x 255; ART's default "
-               "0.1 is 25.5)", check=levels),
+        EPSILON_OPTION,
         Option("max_iter", int, 300, "optimisation steps (ART: 4000)", check=positive),
         Option("learning_rate", float, 0.04, "Adam's learning rate (ART's default)", check=positive),
         Option("loss", str, "bullseye", "bullseye: the paper's loss on the target's features (ptk's fix); art: "

@@ -35,7 +35,7 @@ from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, h
 from ptk_plugins.art._bridge import (art_classifier, art_images, art_one_hot, art_version, from_art_images,
                                      numpy_global_seed, quiet_art)
 from ptk_plugins.art._poison import class_indices, poison_count
-from ptk_plugins.art._triggers import PERTURBATIONS, art_trigger, check_trigger_fits, stamp, target_class_of
+from ptk_plugins.art._triggers import TRIGGER_OPTION, art_trigger, check_trigger_fits, stamp, target_class_of
 
 NAME = "art-clean-label-backdoor"
 #: the ``norm`` option's values and what ART's PGD gets for them
@@ -94,8 +94,7 @@ class ArtCleanLabelBackdoor(Attack):
     api_version = 2
     goal = "backdoor"
     options = [
-        Option("trigger", str, "pattern", "ART's perturbation: pattern (add_pattern_bd, a 4-pixel checkerboard "
-               "corner) or pixel (add_single_bd, one pixel)", choices=tuple(PERTURBATIONS)),
+        TRIGGER_OPTION,
         Option("pp_poison", float, 0.33, "ART's share of the target class's training images to draw (with "
                "replacement) and poison (ART's default)", check=open_share),
         Option("norm", str, "inf", "PGD's norm: inf (ART's default) or 2", choices=tuple(NORMS)),

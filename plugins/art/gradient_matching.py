@@ -36,8 +36,8 @@ import torch
 from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive, share
 from ptk_plugins.art._bridge import (art_images, art_seeded, art_training_arrays, art_version,
                                      gradient_matching_device, quiet_art)
-from ptk_plugins.art._poison import (LEVELS, class_indices, levels, lr_schedule, perturbation_stats, poison_count,
-                                     surrogate, to_uint8)
+from ptk_plugins.art._poison import (EPSILON_OPTION, LEVELS, class_indices, lr_schedule, perturbation_stats,
+                                     poison_count, surrogate, to_uint8)
 
 
 def gradient_matching(classifier, x_train: np.ndarray, y_train: np.ndarray, x_trigger: np.ndarray,
@@ -104,8 +104,7 @@ class ArtGradientMatching(Attack):
     options = [
         Option("percent_poison", float, 0.05, "share of ALL training images to perturb (ART's percent_poison, "
                "no default in ART), drawn from the target class's images", check=share),
-        Option("epsilon", float, 32.0, "L-inf budget in grey levels of 255 (ART's epsilon x 255; ART's default "
-               "0.1 is 25.5)", check=levels),
+        EPSILON_OPTION,
         Option("max_trials", int, 1, "restarts, the lowest B score kept (ART: 8)", check=positive),
         Option("max_epochs", int, 40, "optimisation epochs per trial (ART: 250)", check=positive),
         Option("learning_rate", float, 0.1, "first rate of ART's schedule (ART: 0.1); as ART 1.20 applies it, "
