@@ -290,7 +290,8 @@ def clustered_activations(n: int, dims: int, classes: int = 10, seed: int = 0):
 def row_clustering(n, dims) -> dict:
     """ptk's mode=art clustering vs ART's ActivationDefence on identical activations and seed."""
     from ptk_plugins.activation_clustering import art_mode_flags
-    from ptk_plugins.activation_clustering_art import art_classifier, quiet_art, run_activation_defence
+    from ptk_plugins.art._activation_defence import run_activation_defence
+    from ptk_plugins.art._bridge import art_classifier, quiet_art
 
     acts, labels = clustered_activations(n, dims)
     options = {"nb_dims": 10, "reduce": "pca", "analysis": "smaller"}

@@ -12,7 +12,7 @@ activations split by label, reduced to ``nb_dims`` (PCA or FastICA), two
 clusters per class, and a cluster analysis decides which cluster is poison
 (``smaller``, ``relative-size`` or ``distance``). ``backend=art`` runs ART's
 own ``ActivationDefence`` instead of ptk's implementation (see
-:mod:`ptk_plugins.activation_clustering_art`); the two draw their random numbers in the same
+:mod:`ptk_plugins.art._activation_defence`); the two draw their random numbers in the same
 order from the same seed and so flag the same samples.
 
 Flagged samples are removed and the model retrained with the run's recipe. Each sample also
@@ -31,8 +31,9 @@ from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 
 from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl, positive
-
-ANALYSES = ("smaller", "relative-size", "distance")
+from ptk_plugins._clustering import (ANALYSES, ART_SIZE_THRESHOLD, distance_suspects, relative_size_suspects,
+                                    smaller_suspects)
+from ptk_plugins.art._activation_defence import art_backend_flags, check_art_options
 
 
 def reduce_dims(acts: np.ndarray, method: str, nb_dims: int, rng: np.random.RandomState) -> np.ndarray:
@@ -55,44 +56,6 @@ def two_means(points: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
     if len(points) < 2:
         return np.zeros(len(points), dtype=int)
     return KMeans(n_clusters=2, random_state=rng).fit_predict(points)
-
-
-def smaller_suspects(clusters: np.ndarray) -> list[int]:
-    """ART's ``smaller``: the smaller of a class's two clusters, always (ties go to cluster 0, as in ART).
-
-    So every class loses a cluster, poisoned or not. A class that k-means
-    leaves in one cluster has no suspect (ART would flag the whole class).
-    """
-    sizes = np.bincount(clusters, minlength=2)
-    return [int(np.argmin(sizes))] if (sizes > 0).all() else []
-
-
-def relative_size_suspects(clusters: np.ndarray, threshold: float) -> list[int]:
-    """``relative-size``: each cluster holding less than ``threshold`` of its class (ART rounds to 2 decimals first)."""
-    sizes = np.bincount(clusters, minlength=2)
-    return [c for c in (0, 1) if 0 < sizes[c] < threshold * sizes.sum()]
-
-
-def distance_suspects(clusters: np.ndarray, raw: np.ndarray, class_median: np.ndarray,
-                      other_medians: list[np.ndarray]) -> list[int]:
-    """``distance``: a cluster whose median is nearer another class's median than its own class's, while the
-    other cluster is not (ART's rule).
-
-    Measured in the raw activation space: ART takes these medians in each
-    class's own PCA/ICA projection, and points of different projections are not
-    comparable.
-    """
-    if not (np.bincount(clusters, minlength=2) > 0).all():
-        return []
-    centres = [np.median(raw[clusters == c], axis=0) for c in (0, 1)]
-    own = [np.linalg.norm(m - class_median) for m in centres]
-    out = set()
-    for other in other_medians:
-        to_other = [np.linalg.norm(m - other) for m in centres]
-        for c in (0, 1):
-            if to_other[c] < own[c] and to_other[1 - c] > own[1 - c]:
-                out.add(c)
-    return sorted(out)
 
 
 def art_mode_flags(acts: np.ndarray, labels: np.ndarray, num_classes: int, reduce: str, nb_dims: int,
@@ -163,8 +126,8 @@ class ActivationClustering(Defense):
                choices=ANALYSES),
         Option("reduce", str, "pca", "mode=art: dimension reduction before 2-means", choices=("pca", "fastica")),
         Option("nb_dims", int, 10, "mode=art: dimensions kept by the reduction", check=positive),
-        Option("size_threshold", float, 0.35, "analysis=relative-size: a cluster with less than this fraction of "
-               "its class is poison", check=lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}"),
+        Option("size_threshold", float, ART_SIZE_THRESHOLD, "analysis=relative-size: a cluster with less than this "
+               "fraction of its class is poison", check=lambda v: None if 0 < v < 1 else f"must be in (0, 1), got {v}"),
         Option("backend", str, "ptk", "mode=art: ptk's implementation or ART's own ActivationDefence",
                choices=("ptk", "art")),
     ]
@@ -175,8 +138,6 @@ class ActivationClustering(Defense):
         if options["mode"] != "art":
             raise UsageError("activation-clustering.backend=art runs ART's ActivationDefence, which has no "
                              "dominant-label mode; add -o activation-clustering.mode=art")
-        from ptk_plugins.activation_clustering_art import check_art_options
-
         check_art_options(options)
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
@@ -184,8 +145,6 @@ class ActivationClustering(Defense):
         labels = ctx.data.y_train.cpu().numpy()
         num_classes = ctx.data.num_classes
         if backend == "art":  # check() has refused what ART cannot do
-            from ptk_plugins.activation_clustering_art import art_backend_flags
-
             flagged, report = art_backend_flags(ctx, options)
         else:
             acts = ctx.features(ctx.poisoned_model, ctx.data.x_train).cpu().numpy()

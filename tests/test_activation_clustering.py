@@ -9,7 +9,8 @@ import torch
 from common import StubNetwork
 from conftest import TINY, load_results, model_row
 from ptk_plugins.activation_clustering import art_mode_flags, dominant_label_flags
-from ptk_plugins.activation_clustering_art import art_classifier, run_activation_defence
+from ptk_plugins.art._activation_defence import run_activation_defence
+from ptk_plugins.art._bridge import art_classifier
 
 
 def synthetic_activations(seed: int = 0, unstructured: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,8 @@ both through the CLI on the quick preset."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -11,10 +13,10 @@ import torch
 import ptk
 from ptk.cache import tensor_digest
 from ptk.options import resolve_options
-from ptk_plugins import art_clean_label_backdoor as clb
-from ptk_plugins import art_sleeper_agent as sa
-from ptk_plugins.activation_clustering_art import art_classifier, from_art_images
-from ptk_plugins.art_backdoor import apply_trigger, stamp
+from ptk_plugins.art import clean_label_backdoor as clb
+from ptk_plugins.art import sleeper_agent as sa
+from ptk_plugins.art._bridge import art_classifier, from_art_images
+from ptk_plugins.art._triggers import apply_trigger, stamp
 from ptk_plugins.digits import Digits
 
 from conftest import load_results
@@ -118,6 +120,17 @@ def test_clean_label_backdoor_checks_refuse_impossible_settings(tmp_path):
                             ("norm", "1", "not one of inf, 2")]:
         with pytest.raises(ptk.UsageError, match=error):
             resolve_options(attack.name, attack.options, {key: bad})
+
+
+def test_clean_label_backdoor_records_the_norm_its_pgd_ran_with(tmp_path):
+    """results.json's ``pgd.norm`` is the ``norm`` option (it once said "inf" whatever the user chose)."""
+    data = Blobs().load(tmp_path, {})
+    attack = clb.ArtCleanLabelBackdoor()
+    for norm in ("2", "inf"):
+        options = resolve_options(attack.name, attack.options, {"norm": norm, "max_iter": "1"})
+        ctx = SimpleNamespace(data=data, target=SimpleNamespace(target_class=1), clean_model=tiny_net(),
+                              device=torch.device("cpu"), seed=0)
+        assert attack.poison(ctx, options).details["pgd"]["norm"] == norm
 
 
 # --- art-sleeper-agent --------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ from torch import nn
 
 from ptk.config import ExperimentConfig
 from ptk.experiment import run_experiment
-from ptk_plugins import art_roni
-from ptk_plugins.activation_clustering_art import numpy_global_seed
+from ptk_plugins.art import roni as art_roni
+from ptk_plugins.art._bridge import numpy_global_seed
 
 from conftest import model_row
 from test_goals import registry

@@ -12,8 +12,8 @@ import torch
 from scipy.stats import entropy, norm
 from torch import nn
 
-from ptk_plugins import art_strip
-from ptk_plugins.activation_clustering_art import numpy_global_seed
+from ptk_plugins.art import strip as art_strip
+from ptk_plugins.art._bridge import numpy_global_seed
 
 from conftest import load_results, model_row
 from test_backdoor import BACKDOOR

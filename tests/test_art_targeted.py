@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import ptk
-from ptk_plugins import art_bullseye_polytope as bp
-from ptk_plugins import art_gradient_matching as gm
-from ptk_plugins.activation_clustering_art import art_classifier
-from ptk_plugins.art_clean_label import to_uint8
+from ptk_plugins.art import bullseye_polytope as bp
+from ptk_plugins.art import gradient_matching as gm
+from ptk_plugins.art._bridge import art_classifier
+from ptk_plugins.art._poison import to_uint8
 
 from conftest import load_results, model_row
 from test_plugin_api import Blobs, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP

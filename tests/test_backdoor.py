@@ -20,8 +20,10 @@ from ptk.evaluate import backdoor_asr
 from ptk.experiment import run_experiment
 from ptk.registry import load_registry
 from ptk.sweepstore import SweepStore
-from ptk_plugins import art_backdoor, art_spectral
-from ptk_plugins.activation_clustering_art import art_classifier
+from ptk_plugins.art import backdoor as art_backdoor
+from ptk_plugins.art import spectral as art_spectral
+from ptk_plugins.art._bridge import art_classifier
+from ptk_plugins.art._triggers import apply_trigger
 
 from conftest import load_results, model_row
 from test_plugin_api import Blobs, BlobsAndMlp, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
@@ -262,7 +264,7 @@ def test_art_backdoor_poisons_exactly_what_art_does(kind):
     assert torch.equal(px[others], x[others]) and torch.equal(py[others], y[others])
     assert px.dtype == torch.uint8 and not torch.equal(px[chosen], x[chosen])
     # the trigger ptk measures ASR with is the same stamp
-    assert torch.equal(art_backdoor.apply_trigger(x[chosen], kind), px[chosen])
+    assert torch.equal(apply_trigger(x[chosen], kind), px[chosen])
 
 
 def test_art_spectral_signatures_flags_exactly_what_art_does():

@@ -11,12 +11,12 @@ ART's optimisation loop is kept (Adam with ART's betas, its learning-rate decay,
 epsilon ball and the [0, 1] box after every step). ptk adapts:
 
 * the surrogate is a copy of the run's clean model as an ART PyTorchClassifier taking floats in [0, 1]
-  (:func:`ptk_plugins.art_clean_label.surrogate`) whose layer ``"features"`` is the penultimate layer. ART
+  (:func:`ptk_plugins.art._poison.surrogate`) whose layer ``"features"`` is the penultimate layer. ART
   names a PyTorch model's top-level children in registration order, so on a plain ResNet index
   ``len(layer_names) - 1`` would be the classifier head; ptk passes the layer by name, also because ART 1.20's
   ``get_activations`` registers one more forward hook on every call made with an index (never with a name);
 * ``epsilon`` is in grey levels of 255 (ART's is in [0, 1]); poisons come back as uint8
-  (:func:`ptk_plugins.art_clean_label.to_uint8`);
+  (:func:`ptk_plugins.art._poison.to_uint8`);
 * **ART 1.20.1's loss ignores the target** (ptk's workaround is the default, ``loss=bullseye``): its
   ``poison`` takes the "target" features from the *bases* passed to it, not from the ``target`` given to the
   constructor (which is stored and never read), and its ``loss_from_center`` pairs each poison's features
@@ -38,21 +38,16 @@ import numpy as np
 import torch
 
 from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive
-from ptk_plugins.activation_clustering_art import art_seeded
-from ptk_plugins.art_clean_label import LEVELS, levels, perturbation_stats, surrogate, to_uint8
+from ptk_plugins.art._bridge import art_images, art_seeded, art_version, quiet_art
+from ptk_plugins.art._poison import EPSILON_OPTION, LEVELS, class_indices, perturbation_stats, surrogate, to_uint8
 
 #: The surrogate's penultimate layer, by name (see FeaturesLast)
 FEATURE_LAYER = "features"
 
 
-def pool_indices(labels: torch.Tensor, target_class: int) -> torch.Tensor:
-    """Training images the attack may perturb: those of the target class (clean-label)."""
-    return (labels == target_class).nonzero().squeeze(1)
-
-
 def choose_bases(labels: torch.Tensor, target_class: int, budget: int, seed: int) -> torch.Tensor:
     """``budget`` target-class training indices drawn with a CPU generator seeded by ``seed``, sorted."""
-    pool = pool_indices(labels, target_class)
+    pool = class_indices(labels, target_class)  # clean-label: the attack perturbs images of the target class
     gen = torch.Generator().manual_seed(seed)
     return pool[torch.randperm(len(pool), generator=gen)[:budget].to(pool.device)].sort().values
 
@@ -75,7 +70,7 @@ def bullseye_loss(target_features: list[torch.Tensor]):
 @contextmanager
 def art_loss_replaced(loss_from_center) -> Iterator[None]:
     """ART's module-level ``loss_from_center`` (looked up on every iteration of ``poison``) replaced for a block."""
-    from art.attacks.poisoning import bullseye_polytope_attack as module
+    from art.attacks.poisoning import bullseye_polytope_attack as module  # ART only when run (see _bridge)
 
     original = module.loss_from_center
     module.loss_from_center = loss_from_center
@@ -95,7 +90,7 @@ def bullseye_polytope(classifier, x_bases: np.ndarray, x_target: np.ndarray, opt
                       seed: int) -> np.ndarray:
     """ART's BullseyePolytopeAttackPyTorch on float images in [0, 1] (bases N x C x H x W, target 1 x C x H x W):
     the poisons, floats in [0, 1]. ``options["loss"]``: ``bullseye`` (the paper's loss, ptk's fix) or ``art``."""
-    from art.attacks.poisoning import BullseyePolytopeAttackPyTorch
+    from art.attacks.poisoning import BullseyePolytopeAttackPyTorch  # ART only when run (see _bridge)
 
     attack = BullseyePolytopeAttackPyTorch(classifier, x_target, FEATURE_LAYER, max_iter=options["max_iter"],
                                            learning_rate=options["learning_rate"],
@@ -127,8 +122,7 @@ class ArtBullseyePolytope(Attack):
     options = [
         Option("budget", int, 20, "target-class training images to perturb (the polytope's vertices; the "
                "paper: 5)", check=positive),
-        Option("epsilon", float, 32.0, "L-inf budget in grey levels of 255 (ART's epsilon x 255; ART's default "
-               "0.1 is 25.5)", check=levels),
+        EPSILON_OPTION,
         Option("max_iter", int, 300, "optimisation steps (ART: 4000)", check=positive),
         Option("learning_rate", float, 0.04, "Adam's learning rate (ART's default)", check=positive),
         Option("loss", str, "bullseye", "bullseye: the paper's loss on the target's features (ptk's fix); art: "
@@ -136,30 +130,28 @@ class ArtBullseyePolytope(Attack):
     ]
 
     def check(self, data: Dataset, source: int, target: int, options: dict[str, Any]) -> None:
-        pool = len(pool_indices(data.y_train, target))
+        pool = len(class_indices(data.y_train, target))
         if options["budget"] > pool:
             raise UsageError(f"art-bullseye-polytope.budget={options['budget']} is larger than the {pool} training "
                              f"images of the target class {data.classes[target]!r} it perturbs; lower "
                              f"-o art-bullseye-polytope.budget or raise --subset")
 
     def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
-        from ptk_plugins.activation_clustering_art import art_version, quiet_art
-
         t, data = ctx.target, ctx.data
         bases = choose_bases(data.y_train, t.target_class, options["budget"], ctx.seed)
-        x_bases = data.x_train[bases].float().div(LEVELS).cpu().numpy()
-        x_target = t.image.float().div(LEVELS).cpu().numpy()
+        x_bases = art_images(data.x_train[bases])
+        x_target = art_images(t.image)
         with quiet_art():
             classifier = surrogate(ctx.clean_model, tuple(data.image_shape), data.num_classes, ctx.device)
             before = polytope_distance(classifier, x_bases, x_target)
             poisons = bullseye_polytope(classifier, x_bases, x_target, options, ctx.seed)
             x_train = data.x_train.clone()
             x_train[bases] = to_uint8(poisons, data.x_train[bases], options["epsilon"])
-            after = polytope_distance(classifier, x_train[bases].float().div(LEVELS).cpu().numpy(), x_target)
+            after = polytope_distance(classifier, art_images(x_train[bases]), x_target)
         return Poisoning(
             y_train=data.y_train.clone(), poison_indices=bases, x_train=x_train,
             details={"art_version": art_version(), **options, "art_epsilon": options["epsilon"] / LEVELS,
-                     "feature_layer": FEATURE_LAYER, "pool_size": len(pool_indices(data.y_train, t.target_class)),
+                     "feature_layer": FEATURE_LAYER, "pool_size": len(class_indices(data.y_train, t.target_class)),
                      "poisoned": len(bases), "target_distance_before": round(before, 6),
                      "target_distance_after": round(after, 6), **perturbation_stats(data.x_train[bases],
                                                                                       x_train[bases])})

@@ -46,15 +46,15 @@ from torch import nn
 
 from ptk import (Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, fraction, hookimpl,
                  non_negative, positive)
-
-
+from ptk_plugins.art._bridge import (art_device_type, art_images, art_one_hot, art_seeded, art_training_arrays,
+                                     art_version, quiet_art)
 
 
 def roni_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classes: int, device: torch.device,
                     epochs: int, batch_size: int, lr: float):
     """An ART PyTorchClassifier over a copy of ``network`` whose ``fit`` trains with ptk's RONI options, taking
     images flattened to rows (see :func:`flat`)."""
-    from art.estimators.classification import PyTorchClassifier
+    from art.estimators.classification import PyTorchClassifier  # ART only when the defense runs (see _bridge)
 
     class FitSettings(PyTorchClassifier):
         def fit(self, x: np.ndarray, y: np.ndarray, **kwargs: Any) -> None:
@@ -64,7 +64,7 @@ def roni_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classe
     model = nn.Sequential(nn.Unflatten(1, image_shape), copy.deepcopy(network))  # ART hands it flat rows
     return FitSettings(model=model, loss=nn.CrossEntropyLoss(), optimizer=torch.optim.SGD(model.parameters(), lr=lr),
                        input_shape=(int(np.prod(image_shape)),), nb_classes=num_classes, clip_values=(0.0, 1.0),
-                       device_type="gpu" if device.type == "cuda" else "cpu")
+                       device_type=art_device_type(device))
 
 
 def flat(x: np.ndarray) -> np.ndarray:
@@ -91,9 +91,7 @@ def roni_flags(classifier, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_va
                options: dict[str, Any], seed: int) -> tuple[np.ndarray, dict[int, float]]:
     """ART's RONIDefense.detect_poison: a flag per training sample (True = rejected) and ART's report
     (rejected index -> its accuracy change on the quiz set)."""
-    from art.defences.detector.poison import RONIDefense
-
-    from ptk_plugins.activation_clustering_art import art_one_hot, art_seeded
+    from art.defences.detector.poison import RONIDefense  # ART only when the defense runs (see _bridge)
 
     with art_seeded(seed):
         defence = RONIDefense(classifier, flat(x), art_one_hot(y, num_classes), flat(x_val), art_one_hot(y_val, num_classes),
@@ -133,8 +131,6 @@ class ArtRoni(Defense):
                              "empty quiz set; raise -o art-roni.pp_quiz or --subset")
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
-        from ptk_plugins.activation_clustering_art import art_images, art_training_arrays, art_version, quiet_art
-
         x, y = art_training_arrays(ctx.data)
         x_val, y_val = ctx.trusted_data(options["n"])
         with quiet_art(), ctx.own_training("art-roni fine-tunes"):

@@ -11,13 +11,13 @@ ART's algorithm is kept (its optimiser, tanh-bounded noise, sign-Adam steps, lea
 restarts and best-of-trials choice). ptk adapts what ART cannot know or does not return:
 
 * the surrogate is a copy of the run's clean model as an ART PyTorchClassifier taking floats in [0, 1]
-  (:func:`ptk_plugins.art_clean_label.surrogate`), on the device ART 1.20 itself picks for this attack
+  (:func:`ptk_plugins.art._poison.surrogate`), on the device ART 1.20 itself picks for this attack
   (CUDA whenever torch sees one, whatever the classifier's device);
 * ``epsilon`` is in grey levels of 255 (ART's is in [0, 1]: ART gets ``epsilon / 255``);
 * ART returns the whole training set but not which images it perturbed: ptk records each trial's B score,
   replays ART's own draws of each trial's images (numpy's global RNG, seeded from the run's seed) and
   returns the best trial's images as ``poison_indices``, checked against what actually changed;
-* the poisons come back as uint8 (:func:`ptk_plugins.art_clean_label.to_uint8`): perturbations under half
+* the poisons come back as uint8 (:func:`ptk_plugins.art._poison.to_uint8`): perturbations under half
   a grey level vanish;
 * ``max_epochs`` and ``max_trials`` default far below ART's (250, 8) so the attack runs in under a minute
   on one CPU thread; ART's learning-rate milestones (100, 150, 200, 220 of 250 epochs) are scaled to
@@ -34,27 +34,10 @@ import numpy as np
 import torch
 
 from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive, share
-from ptk_plugins.activation_clustering_art import art_seeded, gradient_matching_device
-from ptk_plugins.art_clean_label import LEVELS, levels, perturbation_stats, surrogate, to_uint8
-
-#: ART's default learning-rate schedule: each rate with the epoch it lasts until, of ART's 250 epochs
-ART_RATES = (1e-1, 1e-2, 1e-3, 1e-4)
-ART_MILESTONES = (100, 150, 200, 220)
-ART_MAX_EPOCHS = 250
-
-
-
-def lr_schedule(learning_rate: float, max_epochs: int) -> tuple[list[float], list[int]]:
-    """ART's schedule shape scaled to ``max_epochs``: the rates ``learning_rate`` x (1, 0.1, 0.01, 0.001) at
-    ART's milestones x ``max_epochs / 250`` (ART's own default for ``learning_rate=0.1``, ``max_epochs=250``)."""
-    rates = [float(f"{learning_rate * r / ART_RATES[0]:.12g}") for r in ART_RATES]
-    milestones = [max(1, round(m * max_epochs / ART_MAX_EPOCHS)) for m in ART_MILESTONES]
-    return rates, milestones
-
-
-def poison_count(percent_poison: float, train_size: int) -> int:
-    """How many images ART poisons: its own ``int(percent_poison * len(x_train))``."""
-    return int(percent_poison * train_size)
+from ptk_plugins.art._bridge import (art_images, art_seeded, art_training_arrays, art_version,
+                                     gradient_matching_device, quiet_art)
+from ptk_plugins.art._poison import (EPSILON_OPTION, LEVELS, class_indices, lr_schedule, perturbation_stats,
+                                     poison_count, surrogate, to_uint8)
 
 
 def gradient_matching(classifier, x_train: np.ndarray, y_train: np.ndarray, x_trigger: np.ndarray,
@@ -63,7 +46,7 @@ def gradient_matching(classifier, x_train: np.ndarray, y_train: np.ndarray, x_tr
     """ART's GradientMatchingAttack on float images in [0, 1]: ``(poisoned x_train, indices ART perturbed
     (sorted), B score of each trial)``. numpy's and torch's global RNGs are seeded with ``seed`` for the call
     and restored afterwards."""
-    from art.attacks.poisoning import GradientMatchingAttack
+    from art.attacks.poisoning import GradientMatchingAttack  # ART only when the attack runs (see _bridge)
 
     attack = GradientMatchingAttack(
         classifier, percent_poison=options["percent_poison"], epsilon=options["epsilon"] / LEVELS,
@@ -99,7 +82,7 @@ def gradient_matching(classifier, x_train: np.ndarray, y_train: np.ndarray, x_tr
 
 
 def check_budget(data: Dataset, target: int, options: dict[str, Any]) -> None:
-    n, pool = poison_count(options["percent_poison"], len(data.y_train)), int((data.y_train == target).sum())
+    n, pool = poison_count(options["percent_poison"], len(data.y_train)), len(class_indices(data.y_train, target))
     name = data.classes[target]
     if n < 1:
         raise UsageError(f"art-gradient-matching.percent_poison={options['percent_poison']} of {len(data.y_train)} "
@@ -121,8 +104,7 @@ class ArtGradientMatching(Attack):
     options = [
         Option("percent_poison", float, 0.05, "share of ALL training images to perturb (ART's percent_poison, "
                "no default in ART), drawn from the target class's images", check=share),
-        Option("epsilon", float, 32.0, "L-inf budget in grey levels of 255 (ART's epsilon x 255; ART's default "
-               "0.1 is 25.5)", check=levels),
+        EPSILON_OPTION,
         Option("max_trials", int, 1, "restarts, the lowest B score kept (ART: 8)", check=positive),
         Option("max_epochs", int, 40, "optimisation epochs per trial (ART: 250)", check=positive),
         Option("learning_rate", float, 0.1, "first rate of ART's schedule (ART: 0.1); as ART 1.20 applies it, "
@@ -134,11 +116,9 @@ class ArtGradientMatching(Attack):
         check_budget(data, target, options)
 
     def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
-        from ptk_plugins.activation_clustering_art import art_training_arrays, art_version, quiet_art
-
         t, data = ctx.target, ctx.data
         x, y = art_training_arrays(data)
-        x_trigger = t.image.float().div(LEVELS).cpu().numpy()
+        x_trigger = art_images(t.image)
         with quiet_art():
             classifier = surrogate(ctx.clean_model, tuple(data.image_shape), data.num_classes, gradient_matching_device())
             x_out, chosen, scores = gradient_matching(classifier, x, y, x_trigger, t.target_class, options, ctx.seed)
@@ -150,7 +130,7 @@ class ArtGradientMatching(Attack):
             y_train=data.y_train.clone(), poison_indices=idx, x_train=x_train,
             details={"art_version": art_version(), **options, "art_epsilon": options["epsilon"] / LEVELS,
                      "learning_rate_schedule": {"rates": rates, "milestones": milestones},
-                     "pool_size": int((data.y_train == t.target_class).sum()), "poisoned": len(chosen),
+                     "pool_size": len(class_indices(data.y_train, t.target_class)), "poisoned": len(chosen),
                      "b_score": min(scores), "b_scores": scores,
                      **perturbation_stats(data.x_train[idx], x_train[idx])})
 

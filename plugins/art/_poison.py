@@ -1,8 +1,8 @@
-"""What ptk's two ART-backed clean-label attacks share (``art-gradient-matching``, ``art-bullseye-polytope``):
-the surrogate model as ART sees it, the seeding of ART's global random number generators, and the round
-trip of ART's float poisons back to ptk's uint8 images.
-
-Not a plugin (no entry point): imported by the two attack plugins when they run.
+"""What ptk's ART-backed poisoning attacks share: how many images ART poisons (:func:`poison_count`), the
+training images of one class (:func:`class_indices`), ART's default learning-rate schedule
+(:func:`lr_schedule`), the surrogate model as ART sees it (:func:`surrogate`), and the round trip of ART's
+float poisons back to ptk's uint8 images within a budget in grey levels (:data:`LEVELS`, :func:`levels`,
+:func:`to_uint8`, :func:`perturbation_stats`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,36 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptk import Option
+from ptk_plugins.art._bridge import art_classifier, from_art_images
+
 #: ptk's images are uint8: an ART perturbation budget of ``epsilon / LEVELS`` is ``epsilon`` grey levels
 LEVELS = 255
+#: ART's default learning-rate schedule (GradientMatchingAttack, SleeperAgentAttack): each rate with the epoch
+#: it lasts until, of ART's default 250 epochs
+ART_RATES = (1e-1, 1e-2, 1e-3, 1e-4)
+ART_MILESTONES = (100, 150, 200, 220)
+ART_MAX_EPOCHS = 250
+
+
+def poison_count(share: float, n: int, nearest: bool = False) -> int:
+    """How many of ``n`` images a ``share`` poisons: ``int(share * n)``, as ART rounds its ``percent_poison``
+    and ``pp_poison``; with ``nearest``, ``round(share * n)`` (for a count ptk picks itself, as ``art-backdoor``
+    does)."""
+    return round(share * n) if nearest else int(share * n)
+
+
+def class_indices(labels: torch.Tensor, cls: int) -> torch.Tensor:
+    """The indices (on ``labels``' device, ascending) of the images labelled ``cls``."""
+    return (labels == cls).nonzero().squeeze(1)
+
+
+def lr_schedule(learning_rate: float, max_epochs: int) -> tuple[list[float], list[int]]:
+    """ART's schedule shape scaled to ``max_epochs``: the rates ``learning_rate`` x (1, 0.1, 0.01, 0.001) at
+    ART's milestones x ``max_epochs / 250`` (ART's own default for ``learning_rate=0.1``, ``max_epochs=250``)."""
+    rates = [float(f"{learning_rate * r / ART_RATES[0]:.12g}") for r in ART_RATES]
+    milestones = [max(1, round(m * max_epochs / ART_MAX_EPOCHS)) for m in ART_MILESTONES]
+    return rates, milestones
 
 
 def levels(value: float) -> str | None:
@@ -26,17 +54,19 @@ def levels(value: float) -> str | None:
             f"got {value}{hint}")
 
 
+#: The ``epsilon`` option of the clean-label attacks that take their budget in grey levels
+EPSILON_OPTION = Option("epsilon", float, 32.0, "L-inf budget in grey levels of 255 (ART's epsilon x 255; ART's "
+                        "default 0.1 is 25.5)", check=levels)
+
+
 def surrogate(network: nn.Module, image_shape: tuple[int, ...], num_classes: int, device: torch.device):
     """An ART PyTorchClassifier over a *copy* of ``network`` (floats in [0, 1] in, logits out, its last layer
-    the penultimate features; see :class:`ptk_plugins.activation_clustering_art.FeaturesLast`).
+    the penultimate features; see :class:`ptk_plugins.art._bridge.FeaturesLast`).
 
     A copy, because ART's attacks back-propagate into the model's parameters (gradient matching's loss is a
     gradient of a gradient) and move it to their device; the run's clean model stays as it was.
     """
-    from ptk_plugins.activation_clustering_art import art_classifier
-
     return art_classifier(copy.deepcopy(network).eval(), image_shape, num_classes, device)
-
 
 
 def to_uint8(poisoned: np.ndarray, original: torch.Tensor, epsilon: float) -> torch.Tensor:
@@ -47,9 +77,8 @@ def to_uint8(poisoned: np.ndarray, original: torch.Tensor, epsilon: float) -> to
     take a non-integer budget up to half a level past it).
     """
     base = original.cpu().numpy().astype(np.int16)
-    rounded = np.rint(np.asarray(poisoned, dtype=np.float64) * LEVELS).astype(np.int16)
     bound = int(np.floor(epsilon + 1e-9))
-    out = np.clip(np.clip(rounded, base - bound, base + bound), 0, LEVELS).astype(np.uint8)
+    out = np.clip(from_art_images(poisoned).astype(np.int16), base - bound, base + bound).astype(np.uint8)
     return torch.from_numpy(out).to(original.device)
 
 

@@ -11,7 +11,7 @@ perturbation function (``add_pattern_bd`` or ``add_single_bd``, as in ``art-back
 adapts only what ART cannot know:
 
 * the proxy classifier is the run's clean model, as an ART ``PyTorchClassifier`` on floats in [0, 1]
-  (:func:`ptk_plugins.activation_clustering_art.art_classifier`; ptk's model normalises internally);
+  (:func:`ptk_plugins.art._bridge.art_classifier`; ptk's model normalises internally);
 * images: ART gets the target class's training images as float32 in [0, 1] (N x C x H x W, the trigger's
   pixel value 1), and its output is rounded back to uint8 (``rint(255 x)``), so a poisoned pixel is within
   ``eps`` + 0.5/255 of the clean one; the trigger's pixels are exactly 255;
@@ -31,10 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptk import Attack, AttackContext, Dataset, Option, Poisoning, Trigger, UsageError, hookimpl, non_negative, positive
-
-from ptk_plugins.activation_clustering_art import art_one_hot, from_art_images
-from ptk_plugins.art_backdoor import PERTURBATIONS, PIXEL_VALUE, apply_trigger, stamp, target_class_of
+from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, non_negative, positive
+from ptk_plugins.art._bridge import (art_classifier, art_images, art_one_hot, art_version, from_art_images,
+                                     numpy_global_seed, quiet_art)
+from ptk_plugins.art._poison import class_indices, poison_count
+from ptk_plugins.art._triggers import TRIGGER_OPTION, art_trigger, check_trigger_fits, stamp, target_class_of
 
 NAME = "art-clean-label-backdoor"
 #: the ``norm`` option's values and what ART's PGD gets for them
@@ -50,32 +51,27 @@ def unit_share(value: float) -> str | None:
     return None if 0 <= value <= 1 else f"must be in [0, 1] (images are scaled to [0, 1]), got {value}"
 
 
-def draws(n_target: int, pp_poison: float) -> int:
-    """How many draws ART makes among ``n_target`` images of the target class (``int``, as ART rounds)."""
-    return int(pp_poison * n_target)
-
-
 def art_selection(n_target: int, pp_poison: float) -> np.ndarray:
     """The positions (among the target class's images, in order) ART's ``poison`` draws with numpy's global
     RNG in its current state: ``np.random.choice(target_indices, int(pp_poison * n))``, with replacement;
     sorted and without repeats."""
-    return np.unique(np.random.choice(np.arange(n_target), draws(n_target, pp_poison)))
+    return np.unique(np.random.choice(np.arange(n_target), poison_count(pp_poison, n_target)))
 
 
 def clean_label_backdoor(classifier, x_train: torch.Tensor, y_train: torch.Tensor, target_class: int,
                          num_classes: int, options: dict[str, Any], seed: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """``(images, poison indices, draws)``: ART's PoisoningAttackCleanLabelBackdoor with ``classifier`` as its
     proxy on the training images of ``target_class``; images stay uint8 and labels are not changed."""
+    # ART only when the attack runs (see _bridge)
     from art.attacks.poisoning import PoisoningAttackBackdoor, PoisoningAttackCleanLabelBackdoor
 
-    from ptk_plugins.activation_clustering_art import numpy_global_seed
-
-    members = (y_train == target_class).nonzero().squeeze(1).cpu()
-    x = x_train[members.to(x_train.device)].cpu().numpy().astype(np.float32) / 255
+    members = class_indices(y_train, target_class).cpu()
+    x = art_images(x_train[members.to(x_train.device)])
     backdoor = PoisoningAttackBackdoor(functools.partial(stamp, trigger=options["trigger"], pixel_value=1.0))
     attack = PoisoningAttackCleanLabelBackdoor(backdoor, classifier, art_one_hot(target_class, num_classes),
-                                               pp_poison=options["pp_poison"], norm=NORMS[options["norm"]], eps=options["eps"],
-                                               eps_step=options["eps_step"], max_iter=options["max_iter"])
+                                               pp_poison=options["pp_poison"], norm=NORMS[options["norm"]],
+                                               eps=options["eps"], eps_step=options["eps_step"],
+                                               max_iter=options["max_iter"])
     attack.attack.set_params(verbose=False)  # ART's PGD (its public set_params): no progress bar per call
     with numpy_global_seed(seed):
         picked = art_selection(len(members), options["pp_poison"])
@@ -88,7 +84,7 @@ def clean_label_backdoor(classifier, x_train: torch.Tensor, y_train: torch.Tenso
     out = x_train.clone()
     chosen = members[picked]
     out[chosen.to(out.device)] = torch.from_numpy(from_art_images(poisoned[picked])).to(out.device)
-    return out, chosen.to(y_train.device), draws(len(members), options["pp_poison"])
+    return out, chosen.to(y_train.device), poison_count(options["pp_poison"], len(members))
 
 
 class ArtCleanLabelBackdoor(Attack):
@@ -98,8 +94,7 @@ class ArtCleanLabelBackdoor(Attack):
     api_version = 2
     goal = "backdoor"
     options = [
-        Option("trigger", str, "pattern", "ART's perturbation: pattern (add_pattern_bd, a 4-pixel checkerboard "
-               "corner) or pixel (add_single_bd, one pixel)", choices=tuple(PERTURBATIONS)),
+        TRIGGER_OPTION,
         Option("pp_poison", float, 0.33, "ART's share of the target class's training images to draw (with "
                "replacement) and poison (ART's default)", check=open_share),
         Option("norm", str, "inf", "PGD's norm: inf (ART's default) or 2", choices=tuple(NORMS)),
@@ -114,18 +109,14 @@ class ArtCleanLabelBackdoor(Attack):
 
     def check(self, data: Dataset, source: int, target: int, options: dict[str, Any]) -> None:
         cls = target_class_of(data, options["target_class"], target, owner=NAME)
-        n = int((data.y_train == cls).sum())
-        if draws(n, options["pp_poison"]) < 1:
+        n = len(class_indices(data.y_train, cls))
+        if poison_count(options["pp_poison"], n) < 1:
             raise UsageError(f"{NAME}.pp_poison={options['pp_poison']} of the {n} training images of class "
                              f"{data.classes[cls]!r} draws none (ART takes int(pp_poison x {n})); raise -o "
                              f"{NAME}.pp_poison or --subset")
-        h, w = data.image_shape[1:]
-        if min(h, w) < 4:  # ART's pattern reaches 4 pixels in from the bottom-right corner
-            raise UsageError(f"{NAME} needs images of at least 4 x 4 pixels, not {h} x {w}")
+        check_trigger_fits(NAME, tuple(data.image_shape))
 
     def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
-        from ptk_plugins.activation_clustering_art import art_classifier, art_version, quiet_art
-
         cls = target_class_of(ctx.data, options["target_class"], ctx.target.target_class, owner=NAME)
         with quiet_art():
             proxy = art_classifier(ctx.clean_model, tuple(ctx.data.image_shape), ctx.data.num_classes, ctx.device)
@@ -133,13 +124,10 @@ class ArtCleanLabelBackdoor(Attack):
                                                     ctx.data.num_classes, options, ctx.seed)
         for p in ctx.clean_model.parameters():  # ART's loss gradients leave .grad on the proxy's weights
             p.grad = None
-        kind = options["trigger"]
-        perturbation = f"art {PERTURBATIONS[kind]}(distance=2, pixel_value={PIXEL_VALUE})"
-        trigger = Trigger(apply=functools.partial(apply_trigger, trigger=kind), target_class=cls,
-                          description=perturbation)
-        n = int((ctx.data.y_train == cls).sum())
-        details = {"art_version": art_version(), "perturbation": perturbation,
-                   "pgd": {"norm": "inf", "eps": options["eps"], "eps_step": options["eps_step"],
+        trigger = art_trigger(options["trigger"], cls)
+        n = len(class_indices(ctx.data.y_train, cls))
+        details = {"art_version": art_version(), "perturbation": trigger.description,
+                   "pgd": {"norm": options["norm"], "eps": options["eps"], "eps_step": options["eps_step"],
                            "max_iter": options["max_iter"], "num_random_init": 0},
                    "pp_poison": options["pp_poison"], "backdoor_target_class": ctx.data.classes[cls],
                    "target_class_size": n, "draws": drawn, "poisoned": len(chosen)}

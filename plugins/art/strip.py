@@ -43,8 +43,7 @@ from torch import nn
 
 from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, fraction, hookimpl, positive
 
-from ptk_plugins.activation_clustering_art import art_images
-
+from ptk_plugins.art._bridge import art_device_type, art_images, art_version, numpy_global_seed, quiet_art
 
 
 class Probabilities(nn.Module):
@@ -61,12 +60,12 @@ class Probabilities(nn.Module):
 def strip_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classes: int, device: torch.device,
                      num_samples: int, false_acceptance_rate: float):
     """ART's STRIP around ``network`` (fed floats in [0, 1], giving probabilities), not yet calibrated."""
-    from art.defences.transformer.poisoning import STRIP
+    from art.defences.transformer.poisoning import STRIP  # ART only when the defense runs (see _bridge)
     from art.estimators.classification import PyTorchClassifier
 
     classifier = PyTorchClassifier(model=Probabilities(network).eval(), loss=nn.CrossEntropyLoss(),
                                    input_shape=image_shape, nb_classes=num_classes, clip_values=(0.0, 1.0),
-                                   device_type="gpu" if device.type == "cuda" else "cpu")
+                                   device_type=art_device_type(device))
     return STRIP(classifier)(num_samples=num_samples, false_acceptance_rate=false_acceptance_rate)
 
 
@@ -81,7 +80,7 @@ def strip_entropy(kind: str) -> Iterator[None]:
     if kind == "art":
         yield
         return
-    from art.estimators.poison_mitigation.strip import strip as art_strip
+    from art.estimators.poison_mitigation.strip import strip as art_strip  # ART only when run (see _bridge)
 
     original = art_strip.entropy
 
@@ -104,8 +103,6 @@ class StripFilter:
         self.entropy = entropy
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from ptk_plugins.activation_clustering_art import numpy_global_seed, quiet_art
-
         with quiet_art(), numpy_global_seed(self.seed), strip_entropy(self.entropy):
             predictions = self.strip.predict(art_images(x))
         # ART abstains with an all-zero row; a softmax row sums to one
@@ -114,8 +111,6 @@ class StripFilter:
 
 def calibrate(strip, x_clean: np.ndarray, seed: int, entropy: str) -> float:
     """ART's ``mitigate`` on ``x_clean`` with numpy's global RNG seeded; returns ART's entropy threshold."""
-    from ptk_plugins.activation_clustering_art import numpy_global_seed, quiet_art
-
     with quiet_art(), numpy_global_seed(seed), strip_entropy(entropy):
         strip.mitigate(x_clean)
     return float(strip.entropy_threshold)
@@ -145,8 +140,6 @@ class ArtStrip(Defense):
                              "needs at least 2; raise -o art-strip.n")
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
-        from ptk_plugins.activation_clustering_art import art_version
-
         x_clean, _ = ctx.trusted_data(options["n"])
         strip = strip_classifier(ctx.poisoned_model, tuple(ctx.data.image_shape), ctx.data.num_classes, ctx.device,
                                  options["num_samples"], options["false_acceptance_rate"])

@@ -4,7 +4,7 @@
 ART scores each training image by its projection on the top singular vector of its class's centred
 penultimate-layer activations and, in every class, flags the images above the
 ``1 - eps_multiplier * expected_pp_poison`` quantile. ptk hands ART the poisoned model through
-:func:`ptk_plugins.activation_clustering_art.art_classifier`, whose last layer is the features (not the
+:func:`ptk_plugins.art._bridge.art_classifier`, whose last layer is the features (not the
 logits; ART issue #1810), and keeps ART's algorithm and flags. ART reports scores only for the flagged
 images, so ptk's per-sample suspicion scores are ART's own ``spectral_signature_scores`` on the same
 activations for every image, over its class's median (ART's scores are only comparable within a class).
@@ -22,14 +22,14 @@ import numpy as np
 import torch
 
 from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl, positive, share
-
+from ptk_plugins.art._bridge import art_classifier, art_training_arrays, art_version, quiet_art
 
 
 def spectral_flags(classifier, x: np.ndarray, y: np.ndarray, num_classes: int,
                    options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """ART's SpectralSignatureDefense on ``classifier``: a flag per sample (True = poison) and a suspicion
     score per sample (ART's spectral score over its class's median)."""
-    from art.defences.detector.poison import SpectralSignatureDefense
+    from art.defences.detector.poison import SpectralSignatureDefense  # ART only when run (see _bridge)
 
     defence = SpectralSignatureDefense(classifier, x, y, expected_pp_poison=options["expected_pp_poison"],
                                        batch_size=options["batch_size"], eps_multiplier=options["eps_multiplier"])
@@ -60,8 +60,6 @@ class ArtSpectralSignatures(Defense):
     ]
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
-        from ptk_plugins.activation_clustering_art import art_classifier, art_training_arrays, art_version, quiet_art
-
         x, y = art_training_arrays(ctx.data)
         with quiet_art():
             classifier = art_classifier(ctx.poisoned_model, tuple(ctx.data.image_shape), ctx.data.num_classes,

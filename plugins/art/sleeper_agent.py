@@ -39,12 +39,12 @@ from torch import nn
 
 from ptk import Attack, AttackContext, Dataset, Option, Poisoning, Trigger, UsageError, hookimpl, positive, share
 
-from ptk_plugins.activation_clustering_art import art_seeded, from_art_images, gradient_matching_device
-from ptk_plugins.art_backdoor import target_class_of
+from ptk_plugins.art._bridge import (art_device_type, art_images, art_one_hot, art_seeded, art_version,
+                                     from_art_images, gradient_matching_device, quiet_art)
+from ptk_plugins.art._poison import ART_RATES, class_indices, lr_schedule, poison_count
+from ptk_plugins.art._triggers import target_class_of
 
 NAME = "art-sleeper-agent"
-#: ART's default learning-rate schedule (for its default 250 epochs)
-ART_LRS, ART_MILESTONES, ART_EPOCHS = [1e-1, 1e-2, 1e-3, 1e-4], [100, 150, 200, 220], 250
 #: the ``selection`` option's values and ART's ``selection_strategy`` for them (ART: "random", else max gradient norm)
 SELECTIONS = {"random": "random", "max-norm": "max-norm"}
 
@@ -66,32 +66,27 @@ def apply_patch(x: torch.Tensor, patch: np.ndarray) -> torch.Tensor:
 
 def schedule(max_epochs: int) -> tuple[list[float], list[int]]:
     """ART's default learning-rate schedule with its milestones scaled from 250 epochs to ``max_epochs``."""
-    return list(ART_LRS), [max(1, round(m * max_epochs / ART_EPOCHS)) for m in ART_MILESTONES]
-
-
-def poison_count(n_target: int, share: float) -> int:
-    return int(share * n_target)  # as ART rounds
-
+    return lr_schedule(ART_RATES[0], max_epochs)
 
 
 def sleeper_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classes: int, device: torch.device):
     """ART PyTorchClassifier over ``network`` (floats in [0, 1] in, logits out) with the identity standardisation
     SleeperAgent requires; its optimizer (Adam, lr 1e-3) only serves ART's retraining, which clones it."""
-    from art.estimators.classification import PyTorchClassifier
+    from art.estimators.classification import PyTorchClassifier  # ART only when the attack runs (see _bridge)
 
     return PyTorchClassifier(model=network, loss=nn.CrossEntropyLoss(), input_shape=image_shape,
                              nb_classes=num_classes, optimizer=torch.optim.Adam(network.parameters(), lr=1e-3),
                              clip_values=(0.0, 1.0), preprocessing=(0.0, 1.0),
-                             device_type="gpu" if device.type == "cuda" else "cpu")
+                             device_type=art_device_type(device))
 
 
 def art_attack(classifier, patch: np.ndarray, indices_target: np.ndarray, source: int, target: int,
                options: dict[str, Any], device: torch.device):
     """ART's SleeperAgentAttack with ptk's options (``patch`` uint8, handed to ART in [0, 1])."""
-    from art.attacks.poisoning import SleeperAgentAttack
+    from art.attacks.poisoning import SleeperAgentAttack  # ART only when the attack runs (see _bridge)
 
     return SleeperAgentAttack(
-        classifier, percent_poison=options["percent_poison"], patch=patch.astype(np.float32) / 255,
+        classifier, percent_poison=options["percent_poison"], patch=art_images(torch.from_numpy(patch)),
         indices_target=indices_target, epsilon=options["epsilon"], max_trials=options["max_trials"],
         max_epochs=options["max_epochs"], learning_rate_schedule=schedule(options["max_epochs"]),
         batch_size=options["batch_size"], clip_values=(0.0, 1.0), verbose=0,
@@ -103,7 +98,7 @@ def art_attack(classifier, patch: np.ndarray, indices_target: np.ndarray, source
 
 def trigger_images(x_train: torch.Tensor, y_train: torch.Tensor, source: int, count: int, seed: int) -> torch.Tensor:
     """Up to ``count`` training images of the source class (a seeded choice when there are more), uint8."""
-    members = (y_train == source).nonzero().squeeze(1).cpu()
+    members = class_indices(y_train, source).cpu()
     if len(members) > count:
         members = members[torch.randperm(len(members), generator=torch.Generator().manual_seed(seed))[:count]].sort().values
     return x_train[members.to(x_train.device)]
@@ -114,16 +109,15 @@ def sleeper_agent(network: nn.Module, x_train: torch.Tensor, y_train: torch.Tens
                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images, poison indices)``: ART's SleeperAgentAttack on the training set with ``network`` as its model;
     images stay uint8 and labels are not changed."""
-    eye = np.eye(num_classes, dtype=np.float32)
     y_all = y_train.cpu().numpy()
     members = np.flatnonzero(y_all == target)
     if options["model_retrain"]:  # ART retrains its substitute on the whole (poisoned) training set
-        x_art, y_art, indices_target = x_train.cpu().numpy().astype(np.float32) / 255, eye[y_all], members
+        x_art, y_art, indices_target = art_images(x_train), art_one_hot(y_all, num_classes), members
     else:  # ART reads only the target class's images
-        x_art = x_train[torch.from_numpy(members).to(x_train.device)].cpu().numpy().astype(np.float32) / 255
-        y_art, indices_target = eye[y_all[members]], np.arange(len(members))
-    x_trigger = trigger_images(x_train, y_train, source, options["triggers"], seed).cpu().numpy().astype(np.float32) / 255
-    y_trigger = eye[[target] * len(x_trigger)]
+        x_art = art_images(x_train[torch.from_numpy(members).to(x_train.device)])
+        y_art, indices_target = art_one_hot(y_all[members], num_classes), np.arange(len(members))
+    x_trigger = art_images(trigger_images(x_train, y_train, source, options["triggers"], seed))
+    y_trigger = art_one_hot([target] * len(x_trigger), num_classes)
     patch = checkerboard(x_train.shape[1], options["patch_size"])
     classifier = sleeper_classifier(network, tuple(x_train.shape[1:]), num_classes, device)
     attack = art_attack(classifier, patch, indices_target, source, target, options, device)
@@ -191,8 +185,8 @@ class ArtSleeperAgent(Attack):
         if src == tgt:
             raise UsageError(f"{NAME}: source and target class are both {data.classes[tgt]!r}; set -o "
                              f"{NAME}.source_class or -o {NAME}.target_class (or --source/--target) apart")
-        n = int((data.y_train == tgt).sum())
-        if poison_count(n, options["percent_poison"]) < 1:
+        n = len(class_indices(data.y_train, tgt))
+        if poison_count(options["percent_poison"], n) < 1:
             raise UsageError(f"{NAME}.percent_poison={options['percent_poison']} of the {n} training images of "
                              f"class {data.classes[tgt]!r} perturbs none (ART takes int(percent_poison x {n})); "
                              f"raise -o {NAME}.percent_poison or --subset")
@@ -216,8 +210,6 @@ class ArtSleeperAgent(Attack):
                              f"{NAME}.max_epochs or lower retraining_factor")
 
     def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
-        from ptk_plugins.activation_clustering_art import art_version, quiet_art
-
         src, tgt = self.classes(ctx.data, ctx.target.source_class, ctx.target.target_class, options)
         if ctx.device.type != gradient_matching_device().type:
             raise UsageError(f"{NAME}: ART 1.20's gradient matching runs on {gradient_matching_device().type!r} whenever "
@@ -229,7 +221,7 @@ class ArtSleeperAgent(Attack):
         patch = checkerboard(ctx.data.image_shape[0], options["patch_size"])
         description = f"{options['patch_size']}x{options['patch_size']} checkerboard patch, bottom-right"
         trigger = Trigger(apply=functools.partial(apply_patch, patch=patch), target_class=tgt, description=description)
-        n = int((ctx.data.y_train == tgt).sum())
+        n = len(class_indices(ctx.data.y_train, tgt))
         details = {"art_version": art_version(), "patch": description,
                    "backdoor_source_class": ctx.data.classes[src], "backdoor_target_class": ctx.data.classes[tgt],
                    "learning_rate_schedule": schedule(options["max_epochs"]),
