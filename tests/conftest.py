@@ -1,4 +1,5 @@
-"""Shared test helpers: run the real CLI in-process with an isolated data and cache directory.
+"""Fixtures: the real CLI in-process with an isolated data and cache directory, a registry of ptk's own
+plugins plus the ones a test names, one torch thread. Helpers the test modules import are in fixtures.py.
 
 The cache directory is shared by the whole session on purpose: runs with the
 same data, recipe and seed reuse the clean and poisoned models, exactly as a
@@ -7,27 +8,69 @@ user's second ``ptk run`` does, which keeps CI within its time budget.
 
 from __future__ import annotations
 
-import json
-import os
-import site
+import importlib.metadata as md
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 from click.testing import CliRunner
 
+import ptk.registry
 from ptk.cli import cli
+from ptk.registry import Registry
 
-ROOT = Path(__file__).resolve().parents[1]
-#: benchmarks/common.py's measurement helpers serve the tests too: ``from common import relative_error``
-sys.path.insert(0, str(ROOT / "benchmarks"))
-CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+from .fixtures import ROOT, builtin_entry_point, require_cifar
 
-#: Small real run: 800 digits, narrow ResNet-18, 5 epochs; the label flip succeeds
-#: (poisoned P(7) ~ 0.98 for the chosen "1") and each model trains in ~12 s on 2 CPU cores.
-TINY = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e-3",
-        "-o", "resnet18.width=16", "-o", "labelflip.budget=30"]
+LOAD_REGISTRY = ptk.registry.load_registry
+
+
+@pytest.fixture(autouse=True)
+def registry(monkeypatch) -> Callable[..., Registry]:
+    """``registry(*plugins, dists=())``: a new Registry of ptk's built-in plugins (entry points whose value is a
+    ``ptk_plugins`` module) plus ``plugins``, each an object with hook implementations, registered under its
+    class name (a module: its name), or an ``(object, source name)`` pair; ``dists`` lets those installed
+    distributions' entry points in too.
+
+    Every test gets this isolation: whatever else is pip-installed in the environment stays out of the run.
+    ptk's own ``load_registry`` (``ptk run``, ``ptk plugins``, ``ptk sweep`` through the ``ptk`` fixture, and
+    ``run_cell``) returns, for the rest of the test, a new registry of what the last call named, so a test
+    makes the CLI see its plugins with ``registry(MyPlugins())``; without a call, built-ins only."""
+    named: list[tuple[Any, str]] = []
+    allowed: set[str] = set()
+
+    def isolated(ep: md.EntryPoint) -> bool:
+        return builtin_entry_point(ep) or (ep.dist is not None and ep.dist.metadata["Name"] in allowed)
+
+    def load(entry_points: bool = True, only: Callable[[md.EntryPoint], bool] | None = None) -> Registry:
+        reg = LOAD_REGISTRY(entry_points, only=lambda ep: isolated(ep) and (only is None or only(ep)))
+        for obj, source in named:
+            reg.add_plugin(obj, source)
+        return reg
+
+    def use(*plugins: Any, dists: tuple[str, ...] | list[str] = ()) -> Registry:
+        named[:] = [p if isinstance(p, tuple) else (p, getattr(p, "__name__", type(p).__name__)) for p in plugins]
+        allowed.clear()
+        allowed.update(dists)
+        return load()
+
+    # the CLI imported the name; ptk.sweep's command and run_cell import it from ptk.registry when they run
+    monkeypatch.setattr("ptk.cli.load_registry", load)
+    monkeypatch.setattr("ptk.registry.load_registry", load)
+    return use
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tests share two CPU cores with other work: one torch thread trains 10-30x faster there than two
+    contending ones. The thread count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +85,8 @@ def data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def ptk(cache_dir, data_dir, monkeypatch):
-    """Call ``ptk`` like a user would; returns click's Result (exit_code, output)."""
+    """Call ``ptk`` like a user would; returns click's Result (exit_code, output). It sees the plugins of the
+    ``registry`` fixture: ptk's built-ins, plus what the test named."""
     monkeypatch.setenv("PTK_CACHE_DIR", str(cache_dir))
     monkeypatch.setenv("PTK_DATA_DIR", str(data_dir))
 
@@ -56,50 +100,6 @@ def ptk(cache_dir, data_dir, monkeypatch):
         return result
 
     return invoke
-
-
-def load_results(out: Path) -> dict:
-    return json.loads((out / "results.json").read_text())
-
-
-def model_row(results: dict, name: str) -> dict:
-    return next(m for m in results["models"] if m["name"] == name)
-
-
-def require_cifar() -> Path:
-    """The CIFAR-10 archive; a skip on a laptop, a failure in CI (PTK_REQUIRE_CIFAR=1)."""
-    if CIFAR_ARCHIVE.exists():
-        return CIFAR_ARCHIVE
-    if os.environ.get("PTK_REQUIRE_CIFAR"):
-        pytest.fail(f"PTK_REQUIRE_CIFAR is set but {CIFAR_ARCHIVE} is missing")
-    pytest.skip(f"{CIFAR_ARCHIVE} not present")
-
-
-def make_venv(path: Path) -> Path:
-    """A throwaway virtual environment at PATH that sees the packages of the Python running the tests; its python.
-
-    ``venv --system-site-packages`` is not enough: it shows the *base* interpreter's site-packages, and where
-    the tests run from a virtual environment (``pip install '.[test]'`` in a venv) torch and the rest live in
-    that environment's site-packages instead. So the new environment gets a .pth file that adds the running
-    interpreter's own site directories (``site.getsitepackages()``, plus the user site where it is enabled)
-    with ``site.addsitedir``, which also runs their .pth files as the running interpreter did. They come after
-    the new environment's own site-packages, so whatever is installed into it wins.
-    """
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
-    python = path / "bin" / "python"
-    own = subprocess.run([str(python), "-c", "import site; print(site.getsitepackages()[0])"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    host = site.getsitepackages() + ([site.getusersitepackages()] if site.ENABLE_USER_SITE else [])
-    adds = "; ".join(f"site.addsitedir({d!r})" for d in host if Path(d).is_dir())
-    (Path(own) / "ptk_tests_host_site.pth").write_text(f"import site; {adds}\n")
-    return python
-
-
-def pip_install(python: Path, *args: str) -> None:
-    """``pip install --no-deps --no-index ARGS`` into PYTHON's environment, with the running Python's pip."""
-    done = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps",
-                           "--no-index", "--quiet", *args], capture_output=True, text=True)
-    assert done.returncode == 0, f"pip install {' '.join(args)} failed:\n{done.stdout}{done.stderr}"
 
 
 @pytest.fixture(scope="session")
@@ -123,16 +123,3 @@ def cifar_data_dir(data_dir) -> Path:
     result = CliRunner().invoke(cli, ["data", "import", "cifar10", str(archive), "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output + (f"\n{result.exception!r}" if result.exception else "")
     return data_dir
-
-
-@pytest.fixture
-def one_torch_thread():
-    """For tests that share two CPU cores with other work: one torch thread trains 10-30x faster there than
-    two contending ones. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``; the thread
-    count is restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common import StubNetwork
-from conftest import TINY, load_results, model_row
+from .fixtures import TINY, load_results, model_row
 from ptk_plugins.activation_clustering import art_mode_flags, dominant_label_flags
 from ptk_plugins.art._activation_defence import run_activation_defence
 from ptk_plugins.art._bridge import art_classifier
@@ -92,6 +92,7 @@ def test_dominant_label_flags_samples_labelled_unlike_their_cluster():
     assert sorted(report["cluster_dominant_labels"]) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_both_backends_agree_on_a_real_poisoned_run(ptk, tmp_path):
     runs = {}
     for backend in ("ptk", "art"):
@@ -109,6 +110,7 @@ def test_both_backends_agree_on_a_real_poisoned_run(ptk, tmp_path):
         assert row["test_accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_dominant_label_through_the_cli_removes_poison(ptk, tmp_path):
     out = tmp_path / "run"
     ptk("run", "--defense", "activation-clustering", *TINY, "--out", out)

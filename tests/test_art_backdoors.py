@@ -19,8 +19,8 @@ from ptk_plugins.art._bridge import art_classifier, from_art_images
 from ptk_plugins.art._triggers import apply_trigger, stamp
 from ptk_plugins.digits import Digits
 
-from conftest import load_results
-from test_plugin_api import Blobs, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
+from .fixtures import load_results
+from .plugins.blobs import Blobs, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
 
 #: Sleeper Agent on 800 digits with every "7" perturbed, the patch crafted where ptk stamps it. Measured on the
 #: 2-core machine (seed 0): clean ASR 3.2%, poisoned 33.8% (seeds 1 and 2: 9.6% -> 12.1%, 0% -> 6.9%).
@@ -30,8 +30,6 @@ SLEEPER = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e-
 CLEAN_LABEL = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e-3", "-o", "resnet18.width=16",
                "-o", "art-clean-label-backdoor.pp_poison=0.9"]
 
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_data(n: int = 60, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:

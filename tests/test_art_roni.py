@@ -16,15 +16,12 @@ from ptk.experiment import run_experiment
 from ptk_plugins.art import roni as art_roni
 from ptk_plugins.art._bridge import numpy_global_seed
 
-from conftest import model_row
-from test_goals import registry
-from test_plugin_api import TinyNet
+from .fixtures import model_row
+from .plugins.blobs import BlobsAndMlp, TinyNet
 
 SHAPE = (3, 8, 8)
 OPTIONS = {"pp_cal": 0.2, "pp_quiz": 0.2, "calibrated": False, "eps": 0.05, "perf": "error"}
 
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -82,11 +79,11 @@ def test_art_roni_as_art_ships_it_fails_on_images_and_on_its_own_accuracy_which_
                     calibrated=False).detect_poison()
 
 
-def test_art_roni_in_a_run_removes_what_it_rejects_and_counts_its_fine_tunes(tmp_path):
+def test_art_roni_in_a_run_removes_what_it_rejects_and_counts_its_fine_tunes(registry, tmp_path):
     config = ExperimentConfig(dataset="api-blobs", model="api-mlp", attack="art-backdoor", defenses=["art-roni"],
                               epochs=3, lr=1e-2, batch_size=16, device="cpu",
                               options={"art-backdoor": {"fraction": "0.3"}, "art-roni": {"n": "9", "fit_epochs": "3"}})
-    r = run_experiment(config, registry(), save=lambda r: None, data_root=Path(tmp_path), use_cache=False)
+    r = run_experiment(config, registry(BlobsAndMlp()), save=lambda r: None, data_root=Path(tmp_path), use_cache=False)
     roni = model_row(r, "art-roni")
     assert not roni.get("failed"), roni.get("error")
     assert roni["threat_model"] == "target unknown, needs trusted clean data, uses the poisoned model, poison budget unknown"

@@ -15,14 +15,11 @@ from torch import nn
 from ptk_plugins.art import strip as art_strip
 from ptk_plugins.art._bridge import numpy_global_seed
 
-from conftest import load_results, model_row
-from test_backdoor import BACKDOOR
-from test_plugin_api import TinyNet
+from .fixtures import BACKDOOR, load_results, model_row
+from .plugins.blobs import TinyNet
 
 SHAPE = (3, 8, 8)
 
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_setup(seed: int = 0) -> tuple[nn.Module, np.ndarray, torch.Tensor]:
@@ -107,6 +104,7 @@ def test_arts_strip_on_a_pytorch_models_logits_cannot_calibrate_which_is_why_ptk
     assert math.isfinite(art_strip.calibrate(ours, x_clean, seed=0, entropy="art"))
 
 
+@pytest.mark.slow
 def test_art_strip_catches_a_real_backdoor_and_says_what_it_costs(ptk, tmp_path):
     out = tmp_path / "run"
     # the same data, recipe and attack as test_backdoor's runs, so the clean and poisoned models come from the cache

@@ -17,14 +17,12 @@ from ptk_plugins.art import gradient_matching as gm
 from ptk_plugins.art._bridge import art_classifier
 from ptk_plugins.art._poison import to_uint8
 
-from conftest import load_results, model_row
-from test_plugin_api import Blobs, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
+from .fixtures import load_results, model_row
+from .plugins.blobs import Blobs, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
 
 SHAPE = (3, 8, 8)
 CPU = torch.device("cpu")
 
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(seed: int = 0) -> TinyNet:
@@ -254,6 +252,7 @@ def assert_clean_label(r: dict, count: int, epsilon: float) -> None:
     assert 0 < a["max_change_levels"] <= epsilon
 
 
+@pytest.mark.slow
 def test_gradient_matching_raises_the_target_class_probability_of_the_target(ptk, tmp_path):
     """The defaults on the quick preset, seed 0 (67 of the 134 "7"s, 32 levels): the docs' measured run.
     The clean model gives the target "1" P(7) = 0.68%, the poisoned one 7.9%; the same count of random
@@ -266,17 +265,16 @@ def test_gradient_matching_raises_the_target_class_probability_of_the_target(ptk
     assert r["attack"]["b_score"] < 0.5  # ART aligned the poisons' gradient with the target's
 
 
-def quick_attack_context(attack: str, *assignments: str) -> tuple[ptk.AttackContext, dict]:
+def quick_attack_context(registry, attack: str, *assignments: str) -> tuple[ptk.AttackContext, dict]:
     """What ``ptk run --attack ATTACK --preset quick -o ASSIGNMENT...`` hands its attack (the clean model comes
     from the session's cache when a run trained it), and the attack's options; no poisoned model is trained."""
     from ptk.cache import ModelCache
     from ptk.cli import build_config
     from ptk.experiment import check_against_data, choose_target, load_data, new_session, plan
     from ptk.paths import cache_dir
-    from ptk.registry import load_registry
 
     config = build_config("quick", None, {"attack": attack}, ("none",), assignments)
-    p = plan(config, load_registry())
+    p = plan(config, registry())
     data = load_data(p, None)
     source, target_class = check_against_data(p, data)
     data = data.to(p.device)
@@ -287,14 +285,15 @@ def quick_attack_context(attack: str, *assignments: str) -> tuple[ptk.AttackCont
             p.options[attack])
 
 
-def test_bullseye_polytope_moves_the_poisons_feature_centre_onto_the_target(ptk):  # ptk: the session's cache
+@pytest.mark.slow
+def test_bullseye_polytope_moves_the_poisons_feature_centre_onto_the_target(ptk, registry):  # ptk: the session's cache
     """The quick preset's clean model and target (seed 0), 20 "7"s, 32 levels, 100 steps: on the clean model
     (the surrogate) ptk's loss brings the poisons' feature centre onto the target's; ART 1.20's own loss
     (``loss=art``, which ignores the target) does not. What this does NOT assert: that a model retrained on
     the poisons gives the target a higher P(7). In ptk's threat model the victim trains from scratch, with
     augmentation, and the polytope does not transfer (docs/attacks/art-bullseye-polytope.md: with the
     defaults, 0.68% -> 0.007% on this run, and no better than random noise on the same images over seeds)."""
-    ctx, options = quick_attack_context("art-bullseye-polytope", "art-bullseye-polytope.max_iter=100")
+    ctx, options = quick_attack_context(registry, "art-bullseye-polytope", "art-bullseye-polytope.max_iter=100")
     attack = bp.ArtBullseyePolytope()
     ours = attack.poison(ctx, options)
     arts = attack.poison(ctx, {**options, "loss": "art"})

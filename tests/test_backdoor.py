@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,26 +14,18 @@ import torch
 from torch import nn
 
 import ptk
-from ptk.config import ExperimentConfig
 from ptk.evaluate import backdoor_asr
 from ptk.experiment import run_experiment
-from ptk.registry import load_registry
 from ptk.sweepstore import SweepStore
 from ptk_plugins.art import backdoor as art_backdoor
 from ptk_plugins.art import spectral as art_spectral
 from ptk_plugins.art._bridge import art_classifier
 from ptk_plugins.art._triggers import apply_trigger
 
-from conftest import load_results, model_row
-from test_plugin_api import Blobs, BlobsAndMlp, TinyNet  # three classes of 8x8 noise (20 training images each), an MLP
-
-#: A real backdoor on digits: TINY's clean model (shared through the session's cache), 20% of the
-#: non-target training images poisoned. Measured on the 2-core machine: clean ASR 4.2%, poisoned 100%.
-BACKDOOR = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e-3", "-o", "resnet18.width=16",
-            "-o", "art-backdoor.fraction=0.2"]
+from .fixtures import BACKDOOR, load_results, model_row
+from .plugins.blobs import Blobs, BlobsAndMlp, TinyNet, blobs_config  # three classes of 8x8 noise (20 training images each), an MLP
 
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- (e) the attack success rate on a hand-made predictor ---------------------------------------------------
@@ -130,18 +121,22 @@ class Plugins(BlobsAndMlp):
         register(KnowsTrigger())
 
 
-def blobs_run(tmp_path: Path, attack: str, defenses: list[str], **options: Any) -> dict:
-    reg = load_registry()
-    reg.add_plugin(Plugins(), "bd-test")
+@pytest.fixture
+def blobs_run(registry, tmp_path):
+    """``blobs_run(attack, defenses, **options)``: an in-process run on api-blobs with this file's plugins."""
+    reg = registry(Plugins())
     assert not reg.broken
-    config = ExperimentConfig(dataset="api-blobs", model="api-mlp", attack=attack, defenses=defenses, epochs=3,
-                              lr=1e-2, batch_size=16, device="cpu", options=options)
-    return run_experiment(config, reg, save=lambda r: None, data_root=tmp_path, use_cache=False)
+
+    def run(attack: str, defenses: list[str], **options: Any) -> dict:
+        return run_experiment(blobs_config(attack, defenses, **options), reg, save=lambda r: None,
+                              data_root=tmp_path, use_cache=False)
+
+    return run
 
 
-def test_defense_reading_the_trigger_without_knows_trigger_violates_its_threat_model(tmp_path):
+def test_defense_reading_the_trigger_without_knows_trigger_violates_its_threat_model(blobs_run):
     SEEN.clear()
-    r = blobs_run(tmp_path, "art-backdoor", ["bd-peeks", "bd-knows"], **{"art-backdoor": {"fraction": "0.3"}})
+    r = blobs_run("art-backdoor", ["bd-peeks", "bd-knows"], **{"art-backdoor": {"fraction": "0.3"}})
     peeks, knows = model_row(r, "bd-peeks"), model_row(r, "bd-knows")
     assert peeks["failed"] and peeks["error"].startswith("ThreatModelViolation: defense 'bd-peeks' read the backdoor "
                                                          "trigger but its threat model says knows_trigger=False")
@@ -155,9 +150,9 @@ def test_defense_reading_the_trigger_without_knows_trigger_violates_its_threat_m
     assert r["attack"]["poisoned"] == len(r["attack"]["poison_indices"]) == round(0.3 * 40)
 
 
-def test_a_target_goal_attack_has_no_asr_and_defenses_knowing_the_trigger_get_none(tmp_path):
+def test_a_target_goal_attack_has_no_asr_and_defenses_knowing_the_trigger_get_none(blobs_run):
     SEEN.clear()
-    r = blobs_run(tmp_path, "labelflip", ["bd-knows"], labelflip={"budget": "3"})
+    r = blobs_run("labelflip", ["bd-knows"], labelflip={"budget": "3"})
     assert r["status"] == "complete" and r["attack"]["goal"] == "target" and "trigger" not in r["attack"]
     assert not any("backdoor_asr" in m for m in r["models"])
     assert SEEN == [None]
@@ -166,6 +161,7 @@ def test_a_target_goal_attack_has_no_asr_and_defenses_knowing_the_trigger_get_no
 # --- (a) end to end through the CLI ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_art_backdoor_and_art_spectral_signatures_end_to_end(ptk, tmp_path):
     out = tmp_path / "run"
     ptk("run", "--attack", "art-backdoor", "--defense", "art-spectral-signatures", *BACKDOOR, "--out", out)
@@ -195,34 +191,16 @@ def test_plugins_command_shows_the_goal_of_attacks(ptk):
     assert "goal: backdoor" in listed and "goal: target" in listed
 
 
-def test_api_version_2_and_version_1_plugins_still_run(tmp_path):
+def test_api_version_2_and_version_1_plugins_still_run(blobs_run):
     assert ptk.API_VERSION == 2 and ptk.SUPPORTED_API_VERSIONS == (1, 2)
-    r = blobs_run(tmp_path, "bd-v1-flip", ["none"])
+    r = blobs_run("bd-v1-flip", ["none"])
     assert r["status"] == "complete" and r["attack"]["goal"] == "target"
     assert len(r["attack"]["poison_indices"]) == 2
 
 
-@pytest.mark.parametrize("goal, api_version, error", [
-    ("backdoor", 1, "goals other than 'target' need api_version = 2"),
-    ("sabotage", 2, "goals are: target, backdoor"),
-])
-def test_attack_goals_are_checked_when_registered(goal, api_version, error):
-    cls = type("Odd", (ptk.Attack,), {"name": "bd-odd", "goal": goal, "api_version": api_version})
-
-    class Registers:
-        @ptk.hookimpl
-        def register_attacks(self, register):
-            register(cls())
-
-    reg = load_registry(entry_points=False)
-    reg.add_plugin(Registers(), "bd-odd")
-    (broken,) = reg.broken
-    assert error in broken.error
-
-
-def test_backdoor_attack_without_a_trigger_is_its_bug(tmp_path):
+def test_backdoor_attack_without_a_trigger_is_its_bug(blobs_run):
     with pytest.raises(ptk.PluginError, match="its goal is 'backdoor' but it returned no Trigger"):
-        blobs_run(tmp_path, "bd-no-trigger", ["none"])
+        blobs_run("bd-no-trigger", ["none"])
 
 
 def test_store_from_before_backdoor_asr_gains_the_column(tmp_path):

@@ -13,7 +13,7 @@ import importlib.util
 import pytest
 import torch
 
-from conftest import ROOT
+from .fixtures import ROOT
 
 
 def load_benchmarks():
@@ -54,6 +54,7 @@ def test_flop_count_is_the_issue_arithmetic_for_resnet18():
     assert study.bf16_peak(torch.device("cpu")) is None
 
 
+@pytest.mark.cifar
 @pytest.mark.slow
 def test_study_row_on_the_cpu_trains_both_recipes_and_times_a_whole_run(cifar_data_dir):
     _, study = load_benchmarks()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import TINY, load_results, model_row
+from .fixtures import TINY, load_results, model_row
 from ptk.network import Network
 from ptk_plugins.bilevel import ALL_HARMFUL, FLAT, WEIGHTED, look_ahead_weights, weights_from
 from ptk_plugins.resnet import CifarResNet18
@@ -60,6 +61,7 @@ def test_a_flat_meta_loss_gives_uniform_weights_and_all_harmful_gives_none():
     assert case == WEIGHTED and torch.equal(w, torch.tensor([0.75, 0.0, 0.25]))
 
 
+@pytest.mark.slow
 def test_bilevel_defenses_through_the_cli(ptk, tmp_path):
     out = tmp_path / "run"
     ptk("run", "--defense", "bilevel", "--defense", "bilevel-trusted", *TINY, "-o", "bilevel-trusted.n=20",

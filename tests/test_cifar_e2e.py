@@ -6,11 +6,14 @@ PTK_REQUIRE_CIFAR=1 (CI) a missing archive fails this test instead of skipping i
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from conftest import load_results, model_row
+from .fixtures import load_results, model_row
 from ptk.cache import tensor_digest
 from ptk_plugins.image_datasets import Cifar10
+
+pytestmark = [pytest.mark.cifar, pytest.mark.slow]
 
 #: 2,000 training and 500 test images, 2 epochs of a width-16 ResNet-18 (Adam 3e-3, batch 64). Measured
 #: on the 2-core dev machine, seeds 0-3: clean test accuracy 28-36% (chance 10%); the poisoned model's

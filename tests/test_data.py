@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import ptk
-from conftest import require_cifar
+from .fixtures import require_cifar
 from ptk import datastore, importers
 from ptk.readers import CIFAR10_CLASSES, FASHION_MNIST_CLASSES
 from ptk.options import resolve_options
@@ -37,6 +37,8 @@ def load(dataset: str, data_dir, **options):
 # --------------------------------------------------------------------------- real CIFAR-10
 
 
+@pytest.mark.cifar
+@pytest.mark.slow
 def test_real_cifar10_archive_imports_with_standard_classes_and_counts(cifar_data_dir):
     ds = load("cifar10", cifar_data_dir)
     assert ds.classes == CIFAR10_CLASSES
@@ -294,6 +296,8 @@ def test_data_list_shows_stored_builtin_and_missing_sets(ptk, tmp_path, monkeypa
     assert "fashion-mnist    not imported" in out
 
 
+@pytest.mark.cifar
+@pytest.mark.slow
 def test_data_list_shows_imported_cifar10(ptk, cifar_data_dir):
     out = ptk("data", "list").output
     row = next(line for line in out.splitlines() if line.startswith("cifar10"))

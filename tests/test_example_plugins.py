@@ -22,20 +22,18 @@ from pathlib import Path
 import pytest
 
 import ptk
-from ptk.cli import RUN_FLAGS, build_config, cli
 from ptk.experiment import run_experiment
-from ptk.registry import load_registry
 
-from conftest import ROOT, TINY, make_venv, model_row, pip_install
+from .fixtures import ROOT, TINY, config_from_args, make_venv, model_row, pip_install
 
 EXAMPLE = ROOT / "examples" / "ptk-example-plugins"
 DIST = "ptk-example-plugins"
 PACKAGE = "ptk_example_plugins"
 
 
-def digits_as_run(data_dir: Path) -> ptk.Dataset:
+def digits_as_run(registry, data_dir: Path) -> ptk.Dataset:
     """The training set a TINY run sees: digits, stratified subset of 800 with seed 0."""
-    return load_registry().get("dataset", "digits").plugin.load(data_dir, {"test_fraction": 0.25}).subset(800, None, 0)
+    return registry().get("dataset", "digits").plugin.load(data_dir, {"test_fraction": 0.25}).subset(800, None, 0)
 
 
 # --- in-process, no install -----------------------------------------------------------------------
@@ -47,18 +45,10 @@ def example_modules(monkeypatch):
     return (importlib.import_module(f"{PACKAGE}.random_flip"), importlib.import_module(f"{PACKAGE}.spectral"))
 
 
-def config_from_args(*args: str):
-    """The ExperimentConfig ``ptk run ARGS`` would build."""
-    params = cli.commands["run"].make_context("run", list(args)).params
-    flags = {k: params[k] for k in RUN_FLAGS}
-    return build_config(params["preset"], params["config_file"], flags, params["defenses"], params["assignments"])
-
-
-def test_spectral_signatures_removes_poison_better_than_chance(example_modules, cache_dir, data_dir):
+@pytest.mark.slow
+def test_spectral_signatures_removes_poison_better_than_chance(example_modules, cache_dir, data_dir, registry):
     _, spectral = example_modules
-    reg = load_registry()
-    if "spectral-signatures" in reg.names("defense"):
-        pytest.skip(f"{DIST} is installed here; this test registers the source tree's copy in-process instead")
+    reg = registry()  # not an installed copy of the example: only ptk's own entry points load
     reg.add_plugin(spectral, "spectral-signatures", dist=DIST)
     config = config_from_args("--attack", "labelflip", "--defense", "spectral-signatures", *TINY)
     r = run_experiment(config, reg, save=lambda _: None, data_root=data_dir, cache_root=cache_dir)
@@ -69,7 +59,7 @@ def test_spectral_signatures_removes_poison_better_than_chance(example_modules, 
     n = r["data"]["train_size"]
     assert row["removal_precision"] > len(poison) / n  # chance: the poison's share of the training set
     # Within the target class, where every flipped label lands, removal is enriched for poison too.
-    data = digits_as_run(data_dir)
+    data = digits_as_run(registry, data_dir)
     labels = data.y_train.clone()
     labels[list(poison)] = data.class_index(r["target"]["target_class"])
     target_class = set((labels == data.class_index(r["target"]["target_class"])).nonzero().squeeze(1).tolist())
@@ -77,9 +67,9 @@ def test_spectral_signatures_removes_poison_better_than_chance(example_modules, 
     assert len(removed_there & poison) / len(removed_there) > len(poison) / len(target_class)
 
 
-def test_random_flip_refuses_a_budget_larger_than_the_source_class(example_modules, data_dir):
+def test_random_flip_refuses_a_budget_larger_than_the_source_class(example_modules, data_dir, registry):
     random_flip, _ = example_modules
-    data = load_registry().get("dataset", "digits").plugin.load(data_dir, {"test_fraction": 0.25})
+    data = registry().get("dataset", "digits").plugin.load(data_dir, {"test_fraction": 0.25})
     attack = random_flip.RandomFlip()
     source, target = data.class_index("1"), data.class_index("7")
     pool = int((data.y_train == source).sum())
@@ -129,7 +119,9 @@ def example_venv(built, tmp_path) -> Path:
     return venv / "bin" / "ptk"
 
 
-def test_installed_plugins_are_listed_and_run_from_the_console_script(example_venv, cache_dir, data_dir, tmp_path):
+@pytest.mark.slow
+def test_installed_plugins_are_listed_and_run_from_the_console_script(example_venv, cache_dir, data_dir, tmp_path,
+                                                                   registry):
     env = {**os.environ, "PTK_CACHE_DIR": str(cache_dir), "PTK_DATA_DIR": str(data_dir)}
     listing = subprocess.run([example_venv, "plugins"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert listing.returncode == 0, listing.stderr
@@ -152,7 +144,7 @@ def test_installed_plugins_are_listed_and_run_from_the_console_script(example_ve
     # 30 distinct training images of the source class, now labelled as the target class
     poison = r["attack"]["poison_indices"]
     assert len(set(poison)) == 30
-    data = digits_as_run(data_dir)
+    data = digits_as_run(registry, data_dir)
     assert {data.classes[int(data.y_train[i])] for i in poison} == {r["target"]["source_class"]}
     row = model_row(r, "spectral-signatures")
     classes = len(r["data"]["classes"])

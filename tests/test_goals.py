@@ -11,20 +11,17 @@ import torch
 
 import ptk
 from ptk.api import defense_goals, goal_refusal
-from ptk.config import ExperimentConfig
 from ptk import Target
+from ptk.errors import UsageError
 from ptk.evaluate import backdoor_asr, filtered
 from ptk.experiment import plan, run_experiment
-from ptk.errors import UsageError
-from ptk.registry import check_plugin, load_registry
+from ptk.registry import check_plugin
 from ptk.report import markdown
 from ptk.sweepstore import SweepStore
 
-from conftest import model_row
-from test_plugin_api import Blobs, BlobsAndMlp
+from .fixtures import model_row
+from .plugins.blobs import Blobs, BlobsAndMlp, blobs_config
 
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def stamped_corner(x: torch.Tensor) -> torch.Tensor:
@@ -83,20 +80,19 @@ class Plugins(BlobsAndMlp):
             register(d)
 
 
-def registry():
-    reg = load_registry()
-    reg.add_plugin(Plugins(), "goal-test")
+@pytest.fixture
+def goal_registry(registry):
+    """ptk's built-ins and this file's plugins."""
+    reg = registry(Plugins())
     assert not reg.broken
     return reg
 
 
-def config(attack: str, defenses: list[str], **options: Any) -> ExperimentConfig:
-    return ExperimentConfig(dataset="api-blobs", model="api-mlp", attack=attack, defenses=defenses, epochs=3,
-                            lr=1e-2, batch_size=16, device="cpu", options=options)
+config = blobs_config
 
 
-def test_goals_follow_the_threat_model_unless_declared():
-    reg = registry()
+def test_goals_follow_the_threat_model_unless_declared(goal_registry):
+    reg = goal_registry
     goals = {n: defense_goals(reg.get("defense", n).plugin) for n in reg.names("defense")}
     assert goals["influence"] == goals["bilevel"] == ("target",)  # they read the target image
     assert goals["goal-knows-trigger"] == ("target", "backdoor")  # a target attack's trigger reads as None
@@ -117,16 +113,16 @@ def test_a_defense_declaring_goals_that_are_not_attack_goals_is_refused(goals):
         check_plugin(Odd(), "defense")
 
 
-def test_a_named_defense_that_cannot_face_the_attack_is_refused_before_anything_runs():
-    reg = registry()
+def test_a_named_defense_that_cannot_face_the_attack_is_refused_before_anything_runs(goal_registry):
+    reg = goal_registry
     with pytest.raises(UsageError, match="'influence' defends only against 'target' attacks.*drop --defense influence"):
         plan(config("art-backdoor", ["loss-outliers", "influence"]), reg)
     with pytest.raises(UsageError, match="'goal-corner-filter' defends only against 'backdoor' attacks: it declares"):
         plan(config("labelflip", ["goal-corner-filter"]), reg)
 
 
-def test_defense_all_skips_what_cannot_face_the_attack_and_says_why():
-    reg = registry()
+def test_defense_all_skips_what_cannot_face_the_attack_and_says_why(goal_registry):
+    reg = goal_registry
     p = plan(config("art-backdoor", ["all"]), reg)
     names = [e.name for e in p.defenses]
     assert "influence" not in names and "bilevel" not in names and "loss-outliers" in names
@@ -136,10 +132,10 @@ def test_defense_all_skips_what_cannot_face_the_attack_and_says_why():
     assert set(p.skipped) == {"goal-corner-filter", "art-strip"} and "influence" in [e.name for e in p.defenses]
 
 
-def test_a_test_time_filter_reports_its_rejections_and_rejected_inputs_do_not_count_as_successes(tmp_path):
+def test_a_test_time_filter_reports_its_rejections_and_rejected_inputs_do_not_count_as_successes(goal_registry, tmp_path):
     r = run_experiment(config("art-backdoor", ["goal-corner-filter", "goal-reject-all", "goal-bad-rejects"],
                               **{"art-backdoor": {"fraction": "0.3"}}),
-                       registry(), save=lambda r: None, data_root=tmp_path, use_cache=False)
+                       goal_registry, save=lambda r: None, data_root=tmp_path, use_cache=False)
     poisoned, corner, everything = (model_row(r, n) for n in ("poisoned", "goal-corner-filter", "goal-reject-all"))
     # rejects everything: every clean and every triggered input refused, no success left, target refused
     assert everything["rejected_clean"] == everything["rejected_triggered"] == 1.0
@@ -178,6 +174,7 @@ def test_asr_after_a_filter_counts_only_accepted_triggered_images():
     assert asr == 0.5 and refused.rejected_triggered == refused.rejected_clean == 0.5 and not refused.target_rejected
 
 
+@pytest.mark.slow
 def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_report(ptk, tmp_path):
     out = tmp_path / "run"
     cheap = ["-o", "ensemble.k=2", "-o", "bilevel-trusted.n=10", "-o", "art-roni.n=5", "-o", "art-strip.n=10",

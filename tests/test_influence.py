@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common import relative_error
-from conftest import TINY, load_results, model_row
+from .fixtures import TINY, load_results, model_row
 from ptk.network import Network
 from ptk_plugins.influence import adversarial_label, influence_scores, naive_influence_scores, target_gradient
 from ptk_plugins.resnet import CifarResNet18
@@ -67,6 +67,7 @@ def test_adversarial_label_is_the_prediction_or_the_runner_up():
     assert label == 2 and "true class" in why
 
 
+@pytest.mark.slow
 def test_influence_prunes_poison_through_the_cli(ptk, tmp_path):
     out = tmp_path / "run"
     ptk("run", "--defense", "influence", *TINY, "--out", out)

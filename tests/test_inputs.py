@@ -12,10 +12,9 @@ import pytest
 import torch
 
 import ptk
-from conftest import TINY, load_results, model_row
+from .fixtures import TINY, load_results, model_row
 from ptk.cli import build_config
 from ptk.data import Dataset
-from ptk.registry import load_registry
 from ptk_plugins.labelflip import LabelFlip
 
 
@@ -64,6 +63,7 @@ def test_out_that_cannot_hold_a_run_is_refused_before_any_training(ptk, tmp_path
     assert not (tmp_path / "cache" / "models").exists()  # nothing was trained
 
 
+@pytest.mark.slow
 def test_interrupted_run_is_resumed_only_by_the_same_settings(ptk, tmp_path, monkeypatch):
     monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "run"
@@ -129,13 +129,9 @@ class InputTestPlugins:
             register(d)
 
 
-def test_failing_defenses_are_recorded_and_files_keep_the_umask_mode(ptk, tmp_path, monkeypatch):
-    def registry():
-        reg = load_registry()
-        reg.add_plugin(InputTestPlugins(), "input-tests")
-        return reg
-
-    monkeypatch.setattr("ptk.cli.load_registry", registry)
+@pytest.mark.slow
+def test_failing_defenses_are_recorded_and_files_keep_the_umask_mode(ptk, tmp_path, monkeypatch, registry):
+    registry((InputTestPlugins(), "input-tests"))
     out = tmp_path / "run"
     ptk("run", *TINY, "--defense", "quitting,peeking,told", "--out", out, expect=1)
     r = load_results(out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TINY, load_results, model_row
+from .fixtures import TINY, load_results, model_row
 from ptk_plugins.loss_outliers import robust_zscores, topk_outliers, zscore_outliers
 
 
@@ -47,6 +47,7 @@ def test_topk_takes_the_highest_losses_in_index_order():
     assert topk_outliers(losses, 0).tolist() == []
 
 
+@pytest.mark.slow
 def test_loss_outliers_through_the_cli(ptk, tmp_path):
     out = tmp_path / "run"
     ptk("run", "--defense", "loss-outliers", *TINY, "--out", out)

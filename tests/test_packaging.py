@@ -15,6 +15,8 @@ import tarfile
 import zipfile
 from pathlib import Path
 
+import pytest
+
 import ptk
 
 if sys.version_info >= (3, 11):
@@ -22,7 +24,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from conftest import ROOT, make_venv, pip_install
+from .fixtures import ROOT, make_venv, pip_install
+
+pytestmark = pytest.mark.slow  # every test here builds or installs the wheel
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 BUILTIN_ENTRY_POINTS = PYPROJECT["project"]["entry-points"]["ptk"]

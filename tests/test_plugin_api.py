@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import inspect
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from torch import nn
 
 import ptk
 from ptk import DISTRIBUTION
@@ -25,10 +22,10 @@ from ptk import hookspecs
 from ptk.api import API_VERSION, SUPPORTED_API_VERSIONS
 from ptk.config import ExperimentConfig
 from ptk.experiment import run_experiment
-from ptk.errors import PluginError
 from ptk.registry import load_registry
 
-from conftest import ROOT, TINY
+from .fixtures import ROOT, TINY
+from .plugins.blobs import CALLS, Blobs, TinyModel
 
 DOCS = ROOT / "docs" / "plugin-reference.md"
 FAKE_DIST, FAKE_VERSION = "ptk-fake-plugins", "1.0"
@@ -85,8 +82,9 @@ def entry_name(module: str) -> str:
 
 
 @pytest.fixture
-def fake_dist(tmp_path, monkeypatch) -> Path:
-    """Install (by putting on sys.path) a distribution holding one good and four broken plugins."""
+def fake_dist(tmp_path, monkeypatch, registry) -> Path:
+    """Install (by putting on sys.path) a distribution holding one good and four broken plugins; the registry
+    (and so the CLI) loads its entry points besides ptk's own."""
     site = tmp_path / "site"
     info = site / "ptk_fake_plugins-1.0.dist-info"
     info.mkdir(parents=True)
@@ -96,6 +94,7 @@ def fake_dist(tmp_path, monkeypatch) -> Path:
     for module, source in FAKE_MODULES.items():
         (site / f"{module}.py").write_text(source)
     monkeypatch.syspath_prepend(str(site))
+    registry(dists=[FAKE_DIST])
     return site
 
 
@@ -131,6 +130,7 @@ def test_run_naming_a_broken_plugin_fails_with_its_error(ptk, fake_dist):
     assert "raising-hook" in res.output and "hook exploded" in res.output
 
 
+@pytest.mark.slow
 def test_attack_that_raises_in_poison_names_the_plugin(ptk, fake_dist, tmp_path):
     res = ptk("run", "--attack", "exploding", "--defense", "none", *TINY, "--out", tmp_path / "run", expect=1)
     assert "'exploding'" in res.output and FAKE_DIST in res.output and "poison()" in res.output
@@ -145,81 +145,7 @@ def test_attack_whose_check_raises_names_the_plugin_before_any_training(ptk, fak
     assert not (tmp_path / "run" / "results.json").exists()  # stopped before the clean model
 
 
-def test_misspelled_hook_names_the_plugin_and_the_right_hook():
-    class Typo:
-        @ptk.hookimpl
-        def register_modles(self, register):
-            pass
-
-    reg = load_registry(entry_points=False)
-    reg.add_plugin(Typo(), "typo-plugin", dist="typo-dist")
-    (b,) = reg.broken
-    assert (b.source, b.dist) == ("typo-plugin", "typo-dist")
-    assert "register_modles" in b.error and "Did you mean register_models" in b.error
-    with pytest.raises(PluginError, match="typo-plugin.*typo-dist"):
-        reg.get("model", "typo-plugin")
-
-
 # --- every hook, called through a registered plugin, in a real (tiny) run -------------------------
-
-CALLS: list[str] = []
-
-
-class Blobs(ptk.DatasetSource):
-    name = "api-blobs"
-    description = "three classes of 8x8 noise at different brightness"
-    default_source, default_target = "a", "b"
-
-    def load(self, data_dir: Path, options: dict[str, Any]) -> ptk.Dataset:
-        CALLS.append("dataset.load")
-        gen = torch.Generator().manual_seed(0)
-
-        def split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-            y = torch.arange(n) % 3
-            x = y[:, None, None, None] * 80 + torch.randint(0, 60, (n, 3, 8, 8), generator=gen)
-            return x.to(torch.uint8), y
-
-        (xtr, ytr), (xte, yte) = split(60), split(30)
-        return ptk.Dataset(self.name, xtr, ytr, xte, yte, ["a", "b", "c"])
-
-
-class TinyNet(nn.Module):
-    def __init__(self, classes: int, shape: tuple[int, int, int]) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), 16), nn.ReLU())
-        self.fc = nn.Linear(16, classes)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(feats)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
-
-
-class TinyModel(ptk.ModelSpec):
-    name = "api-mlp"
-    description = "one hidden layer"
-
-    def build(self, num_classes, image_shape, options) -> nn.Module:
-        CALLS.append("model.build")
-        return TinyNet(num_classes, image_shape)
-
-
-class BlobsAndMlp:
-    """Registers the ``api-blobs`` data set and the ``api-mlp`` model: other test files subclass it and add
-    the hooks of the attacks and defenses they test."""
-
-    @ptk.hookimpl
-    def register_datasets(self, register):
-        register(Blobs())
-
-    @ptk.hookimpl
-    def register_models(self, register):
-        register(TinyModel())
-
 
 class FlipFirst(ptk.Attack):
     name = "api-flip"

@@ -35,8 +35,8 @@ class InProcessPlugin:
         pass
 
 
-def test_builtins_come_from_the_ptk_entry_point_group():
-    reg = load_registry()
+def test_builtins_come_from_the_ptk_entry_point_group(registry):
+    reg = registry()
     found = {(e.kind, e.name) for e in reg.all()}
     assert BUILTINS <= found
     for e in reg.all():
@@ -45,25 +45,27 @@ def test_builtins_come_from_the_ptk_entry_point_group():
     assert not [b for b in reg.broken if b.dist == ptk.DISTRIBUTION]
 
 
-def test_in_process_plugin_registers_through_the_hooks():
-    reg = load_registry()
-    reg.add_plugin(InProcessPlugin(), "inproc")
+def test_in_process_plugin_registers_through_the_hooks(registry):
+    reg = registry((InProcessPlugin(), "inproc"))
     entry = reg.get("defense", "null-defense")
     assert entry.dist == "(in-process)" and entry.source == "inproc"
 
 
-def test_misspelled_hook_is_an_error_naming_the_plugin():
-    class Typo:
-        @ptk.hookimpl
-        def register_defences(self, register):  # British spelling: no such hook
-            register(NullDefense())
-
+@pytest.mark.parametrize("typo, hook, kind", [
+    ("register_defences", "register_defenses", "defense"),  # British spelling: no such hook
+    ("register_modles", "register_models", "model"),
+])
+def test_misspelled_hook_names_the_plugin_and_the_right_hook(typo, hook, kind):
+    Typo = type("Typo", (), {typo: ptk.hookimpl(lambda self, register: register(NullDefense()))})
     reg = load_registry(entry_points=False)
     reg.add_plugin(Typo(), "typo-plugin", dist="typo-dist")
-    assert [b.source for b in reg.broken] == ["typo-plugin"]
-    assert "register_defences" in reg.broken[0].error
+    (b,) = reg.broken
+    assert (b.source, b.dist) == ("typo-plugin", "typo-dist")
+    assert typo in b.error and f"Did you mean {hook}" in b.error
     with pytest.raises(ptk.UsageError):
         reg.get("defense", "null-defense")
+    with pytest.raises(PluginError, match="typo-plugin.*typo-dist"):
+        reg.get(kind, "typo-plugin")
 
 
 def test_duplicate_names_name_both_distributions():
@@ -73,31 +75,32 @@ def test_duplicate_names_name_both_distributions():
         reg.add_plugin(InProcessPlugin(), "second", dist="dist-two")
 
 
-def test_hook_that_raises_marks_only_that_plugin_broken():
+def test_hook_that_raises_marks_only_that_plugin_broken(registry):
     class Raises:
         @ptk.hookimpl
         def register_attacks(self, register):
             raise RuntimeError("boom")
 
-    reg = load_registry()
+    reg = registry()
     reg.add_plugin(Raises(), "raiser", dist="bad-dist")
     assert any(b.source == "raiser" and "boom" in b.error for b in reg.broken)
     assert reg.get("attack", "labelflip")  # the others still work
 
 
-def test_unsupported_api_version_is_refused_with_supported_versions():
-    class Future(NullDefense):
-        name = "future"
-        api_version = 99
-
-    class P:
-        @ptk.hookimpl
-        def register_defenses(self, register):
-            register(Future())
-
+@pytest.mark.parametrize("kind, attrs, error", [
+    ("defense", {"api_version": 99}, "declares plugin API version 99; this ptk supports 1, 2"),
+    ("attack", {"goal": "backdoor", "api_version": 1}, "goals other than 'target' need api_version = 2"),
+    ("attack", {"goal": "sabotage", "api_version": 2}, "goals are: target, backdoor"),
+])
+def test_plugins_declaring_what_this_ptk_cannot_run_are_refused_when_registered(kind, attrs, error):
+    base = {"defense": NullDefense, "attack": ptk.Attack}[kind]
+    plugin = type("Odd", (base,), {"name": f"odd-{kind}", **attrs})()
+    Registers = type("Registers", (), {f"register_{kind}s": ptk.hookimpl(lambda self, register: register(plugin))})
     reg = load_registry(entry_points=False)
-    reg.add_plugin(P(), "future-plugin")
-    assert "99" in reg.broken[0].error and "supports 1" in reg.broken[0].error
+    reg.add_plugin(Registers(), "odd-plugin")
+    (broken,) = reg.broken
+    assert broken.source == "odd-plugin" and error in broken.error
+    assert f"odd-{kind}" not in reg.names(kind)
 
 
 def test_unknown_name_suggests_closest(ptk):

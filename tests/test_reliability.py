@@ -17,10 +17,9 @@ import pytest
 import torch
 
 import ptk
-from conftest import TINY, load_results, model_row
+from .fixtures import TINY, load_results, model_row
 from ptk.cache import ModelCache
 from ptk.network import Network, channel_stats
-from ptk.registry import load_registry
 from ptk.train import Recipe, train_model
 from ptk_plugins.resnet import CifarResNet18
 
@@ -120,15 +119,11 @@ class TestPlugins:
 
 
 @pytest.fixture
-def with_test_plugins(monkeypatch):
-    def registry():
-        reg = load_registry()
-        reg.add_plugin(TestPlugins(), "reliability-tests")
-        return reg
-
-    monkeypatch.setattr("ptk.cli.load_registry", registry)
+def with_test_plugins(registry):
+    registry((TestPlugins(), "reliability-tests"))
 
 
+@pytest.mark.slow
 def test_failing_defense_does_not_cost_the_others(ptk, tmp_path, with_test_plugins):
     out = tmp_path / "run"
     res = ptk("run", *TINY, "--defense", "exploding", "--defense", "passthrough", "--out", out, expect=1)
@@ -143,6 +138,7 @@ def test_failing_defense_does_not_cost_the_others(ptk, tmp_path, with_test_plugi
     assert "1 defense(s) failed" in res.output
 
 
+@pytest.mark.slow
 def test_failing_attack_marks_the_run_failed_and_keeps_the_clean_model(ptk, tmp_path, with_test_plugins):
     out = tmp_path / "run"
     res = ptk("run", *TINY, "--attack", "exploding-attack", "--out", out, expect=1)
@@ -155,6 +151,7 @@ def test_failing_attack_marks_the_run_failed_and_keeps_the_clean_model(ptk, tmp_
     assert 0 < model_row(r, "clean")["test_accuracy"] <= 1
 
 
+@pytest.mark.slow
 def test_out_of_memory_in_an_attack_names_the_batch_size_option(ptk, tmp_path, with_test_plugins):
     out = tmp_path / "run"
     res = ptk("run", *TINY, "--attack", "oom-attack", "--out", out, expect=1)
@@ -237,6 +234,7 @@ def no_partial_files(*folders: Path) -> None:
         assert not leftovers, leftovers
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_resumes_with_identical_results(ptk, tmp_path, data_dir):
     cache, out = tmp_path / "cache", tmp_path / "run"
     env = {**os.environ, "PTK_CACHE_DIR": str(cache), "PTK_DATA_DIR": str(data_dir)}
@@ -257,6 +255,7 @@ def test_sigkill_mid_run_then_rerun_resumes_with_identical_results(ptk, tmp_path
     assert stable(resumed) == stable(load_results(tmp_path / "straight"))
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_results_without_cache(ptk, tmp_path):
     ptk("run", *TINY, "--defense", "none", "--out", tmp_path / "a")
     ptk("run", *TINY, "--defense", "none", "--no-cache", "--out", tmp_path / "b")
@@ -269,6 +268,7 @@ def test_same_seed_gives_identical_results_without_cache(ptk, tmp_path):
     assert a["versions"]["numpy"] and ("gpu" in a["versions"]) == torch.cuda.is_available()
 
 
+@pytest.mark.slow
 def test_rerun_repeats_a_run_from_results_json(ptk, tmp_path):
     first = tmp_path / "first"
     ptk("run", *TINY, "--defense", "none", "--out", first)
@@ -352,6 +352,7 @@ def test_cache_entries_are_pickle_free_and_old_pickled_entries_are_never_read(tm
     assert not MARKER.exists() and old.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_with_one_line(tmp_path, data_dir):
     env = {**os.environ, "PTK_CACHE_DIR": str(tmp_path / "cache"), "PTK_DATA_DIR": str(data_dir)}
     with held_in_poisoned_training(["run", *TINY, "--defense", "none"], tmp_path / "run", env, tmp_path) as proc:
@@ -401,6 +402,7 @@ def test_bad_input_is_a_usage_error_before_any_training(ptk, tmp_path, args, mes
     assert not (cache / "models").exists()  # nothing was trained
 
 
+@pytest.mark.slow
 def test_budget_zero_gives_a_correct_unpoisoned_result(ptk, tmp_path):
     out = tmp_path / "zero"
     ptk("run", *TINY, "-o", "labelflip.budget=0", "--defense", "none", "--out", out)
@@ -411,12 +413,14 @@ def test_budget_zero_gives_a_correct_unpoisoned_result(ptk, tmp_path):
     assert stable(clean) == {**stable(poisoned), "name": "clean"}
 
 
+@pytest.mark.slow
 def test_budget_one_flips_one_label(ptk, tmp_path):
     out = tmp_path / "one"
     ptk("run", *TINY, "-o", "labelflip.budget=1", "--defense", "none", "--out", out)
     assert len(load_results(out)["attack"]["poison_indices"]) == 1
 
 
+@pytest.mark.slow
 def test_ensemble_with_more_members_than_samples_per_partition_still_reports(ptk, tmp_path):
     """Tiny partitions hold no poisoned sample (and miss classes): the run still completes."""
     out = tmp_path / "many"
@@ -482,12 +486,12 @@ def register_models(register):
 '''
 
 
-def run_probe(module, version: str, data_dir: Path, cache: Path) -> dict[str, bool]:
+def run_probe(registry, module, version: str, data_dir: Path, cache: Path) -> dict[str, bool]:
     """One tiny run of the probe model plugin (registered in-process as ``version``): model name -> cached."""
     from ptk.config import ExperimentConfig
     from ptk.experiment import run_experiment
 
-    reg = load_registry()
+    reg = registry()
     reg.add_plugin(module, "cache-probe", dist="ptk-cache-probe", version=version)
     config = ExperimentConfig(dataset="digits", model="cache-probe", attack="labelflip", defenses=[],
                               subset=200, epochs=1, lr=1e-2, batch_size=64, device="cpu",
@@ -496,7 +500,7 @@ def run_probe(module, version: str, data_dir: Path, cache: Path) -> dict[str, bo
     return {m["name"]: m["cached"] for m in r["models"]}
 
 
-def test_editing_a_model_plugin_retrains_instead_of_loading_stale_weights(tmp_path, data_dir, monkeypatch):
+def test_editing_a_model_plugin_retrains_instead_of_loading_stale_weights(tmp_path, data_dir, monkeypatch, registry):
     import importlib
 
     site, cache = tmp_path / "site", tmp_path / "cache"
@@ -507,16 +511,16 @@ def test_editing_a_model_plugin_retrains_instead_of_loading_stale_weights(tmp_pa
     monkeypatch.delitem(sys.modules, PROBE_MODULE, raising=False)  # and removed again after the test
     module = importlib.import_module(PROBE_MODULE)
 
-    assert run_probe(module, "1.0", data_dir, cache) == {"clean": False, "poisoned": False}
-    assert run_probe(module, "1.0", data_dir, cache) == {"clean": True, "poisoned": True}  # unchanged: reused
+    assert run_probe(registry, module, "1.0", data_dir, cache) == {"clean": False, "poisoned": False}
+    assert run_probe(registry, module, "1.0", data_dir, cache) == {"clean": True, "poisoned": True}  # unchanged: reused
     # a new release of the plugin's distribution is a different model
-    assert run_probe(module, "1.1", data_dir, cache) == {"clean": False, "poisoned": False}
+    assert run_probe(registry, module, "1.1", data_dir, cache) == {"clean": False, "poisoned": False}
     # the same release with its code edited: a Dropout has no weights, so the old state dict would
     # load without complaint; only the source digest in the key keeps the old weights out
     source.write_text(PROBE_SOURCE.replace("nn.ReLU())", "nn.ReLU(), nn.Dropout(0.5))"))
     module = importlib.reload(module)
-    assert run_probe(module, "1.1", data_dir, cache) == {"clean": False, "poisoned": False}
-    assert run_probe(module, "1.1", data_dir, cache) == {"clean": True, "poisoned": True}
+    assert run_probe(registry, module, "1.1", data_dir, cache) == {"clean": False, "poisoned": False}
+    assert run_probe(registry, module, "1.1", data_dir, cache) == {"clean": True, "poisoned": True}
 
 
 def test_model_code_without_source_is_named_and_warned_about(caplog):

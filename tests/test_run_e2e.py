@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import re
 import subprocess
 import sys
 
-from conftest import TINY, load_results, model_row
+import pytest
+
+from ptk.config import ExperimentConfig
+
+from .fixtures import TINY, config_from_args, load_results, model_row
 
 
+@pytest.mark.slow
 def test_labelflip_then_ensemble_end_to_end(ptk, tmp_path):
     out = tmp_path / "run"
     # 6 epochs, not TINY's 5: after 5 the models are still noisy enough that the poisoned one's accuracy
     # depends on the CPU's kernels (0.41 on an AVX-512 machine, above 0.6 on AVX2); after 6 it is 0.76 here
-    res = ptk("run", "--attack", "labelflip", "--defense", "ensemble", *TINY, "--epochs", "6", "-o", "ensemble.k=3",
-              "--out", out)
+    args = ("--attack", "labelflip", "--defense", "ensemble", *TINY, "--epochs", "6", "-o", "ensemble.k=3")
+    res = ptk("run", *args, "--out", out)
     r = load_results(out)
     assert r["status"] == "complete"
     assert [m["name"] for m in r["models"]] == ["clean", "poisoned", "ensemble"]
@@ -43,11 +47,12 @@ def test_labelflip_then_ensemble_end_to_end(ptk, tmp_path):
     assert (out / "report.md").read_text().count("| ensemble |") == 1
     assert (out / "target_probs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "poisoned" in res.output and "ensemble" in res.output
-    # rerunnable from what it wrote down
+    # rerunnable from what it wrote down: the recorded config is the one these arguments build
     assert r["config"]["options"]["labelflip"]["budget"] == "30"
-    json.dumps(r)
+    assert ExperimentConfig.from_dict(r["config"]) == config_from_args(*args)
 
 
+@pytest.mark.slow
 def test_second_run_with_another_defense_reuses_clean_and_poisoned(ptk, tmp_path):
     ptk("run", "--defense", "none", *TINY, "--out", tmp_path / "a")
     ptk("run", "--defense", "ensemble", "-o", "ensemble.k=2", "-o", "ensemble.mode=seeds", *TINY,
@@ -58,6 +63,7 @@ def test_second_run_with_another_defense_reuses_clean_and_poisoned(ptk, tmp_path
     assert b["cache"]["hits"] >= 2
 
 
+@pytest.mark.slow
 def test_existing_out_folder_is_not_overwritten(ptk, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -67,6 +73,7 @@ def test_existing_out_folder_is_not_overwritten(ptk, tmp_path):
     assert (out / "results.json").read_text() == "{}"
 
 
+@pytest.mark.slow
 def test_redirected_run_prints_a_line_per_model_instead_of_a_progress_bar(tmp_path, data_dir):
     """stderr to a file or pipe (nohup, CI, `2> log`): tqdm draws nothing there, so each model's start and
     end are plain lines, and a cached model says so; nothing per batch or epoch."""

@@ -10,43 +10,11 @@ import pytest
 
 import ptk
 from ptk.config import PRESETS
-from ptk.registry import load_registry
 from ptk.rates import success_rates
 from ptk.stats import wilson_interval
 from ptk.sweep import expand, read_grid
 
-#: Small enough for CI: 800 digits, width 8, 2 epochs (each model trains in a few seconds on 2 cores).
-GRID_HEAD = """preset = "quick"
-subset = 800
-epochs = 2
-lr = 3e-3
-defenses = ["none"]
-[options.resnet18]
-width = 8
-"""
-
-
-def write_grid(path, grid: str) -> None:
-    path.write_text(GRID_HEAD + "[grid]\n" + grid)
-
-
-def rows(db) -> list[dict]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in con.execute("SELECT * FROM models ORDER BY cell_id, name")]
-    finally:
-        con.close()
-
-
-def cells(db) -> dict[str, dict]:
-    con = sqlite3.connect(db)
-    con.row_factory = sqlite3.Row
-    try:
-        return {r["cell_id"]: dict(r) for r in con.execute("SELECT * FROM cells")}
-    finally:
-        con.close()
-
+from .fixtures import cells, rows, write_grid
 
 def test_wilson_interval_is_honest_at_the_edges():
     lo, hi = wilson_interval(0, 10)
@@ -94,6 +62,7 @@ def test_bad_cell_is_refused_before_any_training(ptk, tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "models").exists()
 
 
+@pytest.mark.slow
 def test_sweep_shares_the_clean_model_resumes_and_grows(ptk, tmp_path, monkeypatch):
     monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
     path, db = tmp_path / "g.toml", tmp_path / "sweep" / "sweep.db"
@@ -150,13 +119,9 @@ class Flaky:
         register(FlakyAttack())
 
 
-def test_a_failing_cell_is_recorded_and_the_sweep_goes_on_then_reruns(ptk, tmp_path, monkeypatch):
-    def registry():
-        reg = load_registry()
-        reg.add_plugin(Flaky(), "sweep-tests")
-        return reg
-
-    monkeypatch.setattr("ptk.registry.load_registry", registry)
+@pytest.mark.slow
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on_then_reruns(ptk, tmp_path, monkeypatch, registry):
+    registry((Flaky(), "sweep-tests"))
     monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache"))
     path, db = tmp_path / "g.toml", tmp_path / "s.db"
     write_grid(path, 'attack = ["flaky"]\nseed = [1, 0]\n')
@@ -182,6 +147,7 @@ def test_target_order_hardest_first_or_seeded_random_among_correct_images():
     assert len({tuple(target_order(probs, 0, 1, "random", s).tolist()) for s in range(8)}) > 1
 
 
+@pytest.mark.slow
 def test_ctrl_c_exits_130_and_the_cell_in_flight_is_rerun(ptk, tmp_path, monkeypatch):
     import ptk.experiment as experiment
 
@@ -253,6 +219,7 @@ def test_sigkill_of_the_driver_then_resume_gives_the_rows_of_an_uninterrupted_sw
         [tuple(r[c] for c in numbers) for r in rows(tmp_path / "whole" / "sweep.db")]
 
 
+@pytest.mark.slow
 def test_report_writes_tables_and_plots_whose_rates_match_the_store(ptk, tmp_path, monkeypatch):
     from ptk.stats import wilson_interval
     from ptk.sweepstore import SweepStore

@@ -16,7 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_sweep import cells, rows, write_grid
+from .fixtures import cells, rows, write_grid
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 if not os.environ.get("PTK_REQUIRE_RAY"):
     pytest.importorskip("ray")
@@ -32,7 +34,6 @@ def by_model(db: Path) -> dict[tuple[str, str], tuple]:
     return {(r["cell_id"], r["name"]): tuple(r[c] for c in NUMBERS) for r in rows(db)}
 
 
-@pytest.mark.slow
 def test_ray_and_local_stores_hold_identical_numbers(ptk, tmp_path, monkeypatch):
     path = tmp_path / "g.toml"
     write_grid(path, GRID)
@@ -71,7 +72,6 @@ def ray_cell_pids() -> list[int]:
     return pids
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds Ray's worker processes through /proc")
 def test_a_worker_killed_mid_cell_is_retried_and_no_row_is_lost_or_duplicated(tmp_path):
     path, db = tmp_path / "g.toml", tmp_path / "sweep.db"

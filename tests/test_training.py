@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from ptk.augment import random_crop_flip
@@ -99,6 +100,7 @@ def test_fast_recipe_schedule_warms_up_then_decays_to_zero():
     assert f[-1] == 1 / 190 and fast_lr_factor(total, total) == 0.0
 
 
+@pytest.mark.slow
 def test_fast_recipe_learns_on_real_digits_on_the_cpu():
     """The GPU recipe's code path (SGD Nesterov, label smoothing, schedule; autocast and
     channels_last are CPU no-ops) trains a model that beats chance by far on real digits."""

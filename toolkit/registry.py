@@ -11,7 +11,7 @@ import difflib
 import importlib.metadata as md
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
@@ -152,12 +152,15 @@ def new_manager() -> pluggy.PluginManager:
     return pm
 
 
-def load_registry(entry_points: bool = True) -> Registry:
-    """A registry of every installed plugin (the ``ptk`` entry-point group)."""
+def load_registry(entry_points: bool = True, only: Callable[[md.EntryPoint], bool] | None = None) -> Registry:
+    """A registry of every installed plugin (the ``ptk`` entry-point group); with ``only``, of the entry points
+    for which ``only(entry_point)`` is true (the others are not imported)."""
     reg = Registry()
     if not entry_points:
         return reg
     for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
+        if only is not None and not only(ep):
+            continue
         dist = ep.dist.metadata["Name"] if ep.dist else "unknown"
         version = ep.dist.version if ep.dist else ""
         try:
