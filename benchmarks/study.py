@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ptk.network import Network, channel_stats
-from ptk.train import RECIPES, Recipe, predict_proba, train_model
+from ptk.train import named_recipe, predict_proba, train_model
 from ptk_plugins.image_datasets import Cifar10
 from ptk_plugins.resnet import CifarResNet18
 
@@ -100,15 +100,13 @@ def time_recipe(data, name: str, width: int, epochs: int, flops: float, peak: fl
     autotuner, so the timed run measures steady state.
     """
     device = data.x_train.device
-    defaults = RECIPES[name]
-    recipe = Recipe(name=name, epochs=epochs, batch_size=defaults["batch_size"], lr=defaults["lr"])
+    recipe = named_recipe(name, epochs=epochs)
 
     def fresh() -> Network:
         return network(width, data.x_train, device, data.num_classes, seed)
 
     warm = min(2048, len(data.y_train))
-    train_model(fresh(), data.x_train[:warm], data.y_train[:warm], Recipe(name=name, epochs=1,
-                batch_size=recipe.batch_size, lr=recipe.lr), seed)
+    train_model(fresh(), data.x_train[:warm], data.y_train[:warm], named_recipe(name, epochs=1), seed)
     model = fresh()
     sync(device)
     start = time.perf_counter()

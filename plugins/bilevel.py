@@ -15,6 +15,7 @@ Two plugins because a defense declares one threat model:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,7 +158,7 @@ def train_reweighted(ctx: DefenseContext, meta: MetaSet, recipe: Recipe, seed: i
     steps = {WEIGHTED: 0, FLAT: 0, ALL_HARMFUL: 0}
     zeros = weights_seen = 0
     for epoch in range(recipe.epochs):
-        batches = epoch_batches(n, recipe.batch_size, gen, device, recipe.augment)
+        batches = epoch_batches(n, recipe.batch_size, gen, device, recipe, tuple(x.shape[-2:]))
         for batch in ctx.progress(batches, desc=f"{desc} epoch {epoch + 1}/{recipe.epochs}", total=len(batches)):
             idx = batch.idx
             xb, yb = training_batch(x, batch), y[idx]
@@ -180,8 +181,7 @@ def run_bilevel(ctx: DefenseContext, meta: MetaSet, options: dict[str, Any], met
     """Train with look-ahead weights and package the result for the report."""
     recipe = ctx.recipe
     if options["epochs"]:
-        recipe = Recipe(name=recipe.name, epochs=options["epochs"], batch_size=recipe.batch_size, lr=recipe.lr,
-                        augment=recipe.augment)
+        recipe = dataclasses.replace(recipe, epochs=options["epochs"])
     with ctx.own_training(meta_name):  # counted as training time in the report
         out = train_reweighted(ctx, meta, recipe, ctx.seed, desc=meta_name)
     details = {

@@ -107,7 +107,7 @@ def test_the_name_users_install_is_this_projects_everywhere():
     all name `ptk-poison`, and the version has one source (ptk.__version__)."""
     assert PYPROJECT["project"]["name"] == ptk.DISTRIBUTION == "ptk-poison"
     assert "version" in PYPROJECT["project"]["dynamic"] and "version" not in PYPROJECT["project"]
-    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ptk.__version__"}
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ptk.version.__version__"}
     assert f"pip install {ptk.DISTRIBUTION}" in (ROOT / "README.md").read_text()
     example = tomllib.loads((ROOT / "examples" / "ptk-example-plugins" / "pyproject.toml").read_text())
     deps = example["project"]["dependencies"]

@@ -7,7 +7,7 @@ import torch
 
 from ptk.augment import random_crop_flip
 from ptk.network import Network, channel_stats
-from ptk.train import Recipe, train_model
+from ptk.train import Recipe, named_recipe, train_model
 from ptk_plugins.resnet import CifarResNet18
 
 
@@ -90,16 +90,6 @@ def test_zero_weights_mean_no_learning_from_those_samples():
     assert all(torch.equal(start[k], params[k]) for k in params)  # zero loss weight -> zero gradient
 
 
-def test_fast_recipe_schedule_warms_up_then_decays_to_zero():
-    from ptk.train import fast_lr_factor
-
-    total = 200
-    f = [fast_lr_factor(s, total) for s in range(total)]
-    assert f[0] == 0.1 and f[9] == 1.0  # 10 warm-up steps (5%)
-    assert all(a >= b for a, b in zip(f[10:], f[11:]))  # then monotone decay
-    assert f[-1] == 1 / 190 and fast_lr_factor(total, total) == 0.0
-
-
 @pytest.mark.slow
 def test_fast_recipe_learns_on_real_digits_on_the_cpu():
     """The GPU recipe's code path (SGD Nesterov, label smoothing, schedule; autocast and
@@ -108,7 +98,7 @@ def test_fast_recipe_learns_on_real_digits_on_the_cpu():
 
     data = Digits().load(None, {"test_fraction": 0.25}).subset(600, 300, seed=0)
     model = make_model(data.x_train, classes=10, width=8)
-    model = train_model(model, data.x_train, data.y_train, Recipe(name="fast", epochs=6, batch_size=64, lr=0.1), 0)
+    model = train_model(model, data.x_train, data.y_train, named_recipe("fast", epochs=6, batch_size=64, lr=0.1), 0)
     with torch.no_grad():
         acc = (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
     assert acc > 0.5, acc

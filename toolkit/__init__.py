@@ -3,6 +3,7 @@
 The names below are the public API for plugin authors; everything else is private.
 """
 
+from .version import DISTRIBUTION, __version__
 from .api import (
     API_VERSION,
     SUPPORTED_API_VERSIONS,
@@ -37,10 +38,6 @@ from .readers import is_tarball, read_image_folder
 # the training kit: the pieces of ptk's own loop, for a defense with its own (see bilevel)
 from .train import Recipe, autocast, epoch_batches, make_optimizer, optimizer_step, training_batch
 
-__version__ = "0.1.0"
-#: The name on the package index (``pip install ptk-poison``): ``ptk`` there is an unrelated parser.
-#: The import name and the command stay ``ptk`` (docs/architecture.md says why).
-DISTRIBUTION = "ptk-poison"
 
 __all__ = [
     "API_VERSION", "DISTRIBUTION", "SUPPORTED_API_VERSIONS", "Attack", "AttackContext", "DataMissing", "Dataset",

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from .version import __version__
 from .api import defense_goals
 from .cli_data import data as data_commands
 from .cli_sweep import sweep as sweep_commands
@@ -152,7 +152,8 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
 @click.option("-o", "--option", "assignments", multiple=True, metavar="PLUGIN.KEY=VALUE", help="plugin option")
 @click.option("--preset", type=str, help="study (default: the seed study's CIFAR-10 setup) or quick (digits, under a minute on a CPU)")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML file with the same settings")
-@click.option("--recipe", help="training recipe: study (Adam 1e-4) or fast (SGD Nesterov)")
+@click.option("--recipe", help="training recipe: study (the seed's Adam 1e-4), fast (SGD Nesterov, the published "
+              "ResNet-18 hyperparameters) or published; `ptk recipes` lists every field, -o recipe.FIELD=V sets one")
 @click.option("--epochs", type=int)
 @click.option("--batch-size", type=int)
 @click.option("--lr", type=float)
@@ -241,6 +242,37 @@ def plugins(name: str | None, as_json: bool) -> None:
                 click.echo(f"    -o {e['name']}.{o['name']}={o['default']}  [{o['type']}] {o['help']}{choices}")
     for b in broken:
         click.echo(f"BROKEN   {b['source']:{width}} {b['dist']} {b['version']}  {b['error']}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--preset", type=str, help="show the recipe a preset trains with (its --epochs, --batch-size, --lr)")
+def recipes(name: str | None, as_json: bool, preset: str | None) -> None:
+    """List the training recipes: every field, its value in each recipe, and why."""
+    from .experiment import plan_recipe
+    from .recipe import FIELDS, RECIPES, named_recipe
+
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UsageError(f"unknown preset {preset!r}; presets are: {', '.join(PRESETS)}")
+        table = {f"{preset} preset": plan_recipe(ExperimentConfig.from_dict(PRESETS[preset], "preset"))}
+    elif name is not None:
+        table = {name: named_recipe(name)}
+    else:
+        table = {n: named_recipe(n) for n in RECIPES}
+    if as_json:
+        click.echo(json.dumps({"recipes": {n: r.to_dict() for n, r in table.items()},
+                               "fields": {k: f.why for k, f in FIELDS.items()}}, indent=2))
+        return
+    names = list(table)
+    width = max(map(len, FIELDS))
+    click.echo(f"{'field':{width}}  " + "  ".join(f"{n:>10}" for n in names) + "  why")
+    for key, spec in FIELDS.items():
+        values = "  ".join(f"{str(getattr(table[n], key)):>10}" for n in names)
+        click.echo(f"{key:{width}}  {values}  {spec.why}")
+    click.echo("\nSet a field for one run with -o recipe.FIELD=VALUE (e.g. -o recipe.momentum=0.85); "
+               "--epochs, --batch-size and --lr set theirs.")
 
 
 def main() -> None:

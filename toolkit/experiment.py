@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy
 import torch
 
-from . import __version__
+from .version import __version__
 from .api import goal_refusal
 from .errors import DataMissing, PluginError, UsageError
 from .types import Poisoning, Trigger
@@ -33,7 +33,8 @@ from .paths import cache_dir, data_dir
 from .registry import Entry, Registry
 from .results import ModelRow, RunResults
 from .progress import Timer
-from .train import RECIPES, Recipe, predict_proba
+from .recipe import Recipe, named_recipe
+from .train import predict_proba
 
 log = logging.getLogger("ptk")
 
@@ -85,24 +86,32 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
     used = {e.name: e for e in [dataset, model, attack, *defenses]}
     registered = {e.name for e in registry.all()}
     for owner in config.options:
-        if owner not in registered:
+        if owner not in registered and owner != RECIPE_OPTIONS:
             close = difflib.get_close_matches(owner, sorted(registered), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"options given for {owner!r}, which no installed plugin registers.{hint}")
         # options of a registered plugin this run does not use (say, a preset's ensemble.k) are ignored
     options = {name: resolve_options(name, e.plugin.options, config.options.get(name, {})) for name, e in used.items()}
-    defaults = RECIPES.get(config.recipe)
-    if defaults is None:
-        raise UsageError(f"unknown recipe {config.recipe!r}; recipes are: {', '.join(RECIPES)}")
-    recipe = Recipe(
-        name=config.recipe,
-        epochs=config.epochs,
-        batch_size=defaults["batch_size"] if config.batch_size is None else config.batch_size,
-        lr=defaults["lr"] if config.lr is None else config.lr,
-    )
+    recipe = plan_recipe(config)
     for name, why in skipped.items():
         log.warning("--defense all skips %s: %s", name, why)
     return Plan(config, dataset, model, attack, defenses, options, recipe, pick_device(config.device), skipped)
+
+
+#: ``-o recipe.FIELD=VALUE`` (and ``[options.recipe]`` in a config file, ``recipe.FIELD`` in a grid) sets a
+#: recipe field, as ``-o PLUGIN.OPTION`` sets a plugin's option.
+RECIPE_OPTIONS = "recipe"
+
+
+def plan_recipe(config: ExperimentConfig) -> Recipe:
+    """The run's recipe: the named one, then --epochs / --batch-size / --lr, then ``-o recipe.FIELD=V``."""
+    flags = {"epochs": config.epochs}
+    if config.batch_size is not None:
+        flags["batch_size"] = config.batch_size
+    if config.lr is not None:
+        flags["lr"] = config.lr
+    recipe = named_recipe(config.recipe).with_values(flags)
+    return recipe.with_values(config.options.get(RECIPE_OPTIONS, {}), where="-o recipe.FIELD")
 
 
 def load_data(p: Plan, data_root: Path | None):
@@ -312,11 +321,14 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
 
     session = new_session(p, data, ModelCache(cache_dir(cache_root) if use_cache else None))
     # build the model once now, so a broken model plugin fails before any training
-    call_plugin(p.model, "build", data.num_classes, data.image_shape, p.options[p.model.name])
+    probe = call_plugin(p.model, "build", data.num_classes, data.image_shape, p.options[p.model.name])
+    pretrained = ({"sha256": probe.pretrained_sha256, "source": str(getattr(probe, "pretrained_source", ""))}
+                  if getattr(probe, "pretrained_sha256", None) else None)
     results = RunResults(
         status="running",
         config=config.to_dict(),
         resolved={"recipe": p.recipe.to_dict(), "options": p.options, "device": str(p.device),
+                  "trainer": session.trainer, **({"pretrained": pretrained} if pretrained else {}),
                   "source_class": data.classes[source], "target_class": data.classes[target_class]},
         versions=versions(p),
         data={"name": data.name, "fingerprint": data.fingerprint(), "train_size": len(data.y_train),

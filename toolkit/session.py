@@ -12,12 +12,27 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .cache import ModelCache, cache_key, code_identity, tensor_digest
+from .cache import ModelCache, cache_key, code_identity, module_digest, tensor_digest
 from .data import Dataset
 from .errors import UsageError
 from .network import Network, channel_stats
 from .progress import Timer, progress_line
 from .train import Recipe, train_model
+from .version import __version__
+
+
+#: The modules whose code shapes a trained model's weights besides the model plugin's own: the loop, the
+#: augmentation, the recipe's schedule, the normalising wrapper and this service's fit.
+TRAINER_MODULES = ("ptk.train", "ptk.augment", "ptk.recipe", "ptk.network", "ptk.session")
+
+
+def trainer_identity(device: torch.device) -> dict[str, Any]:
+    """What a cached model depends on in ptk and below it: ptk's version, the sha256 of each trainer module's
+    source (an edit to the loop, the augmentation or a schedule misses the cache), torch's version, the device
+    type and the precision the forward runs in (bf16 autocast on CUDA, fp32 on the CPU)."""
+    return {"ptk": __version__, "code": {m: module_digest(m) for m in TRAINER_MODULES},
+            "torch": torch.__version__, "device": device.type,
+            "precision": "bf16-autocast" if device.type == "cuda" else "fp32"}
 
 
 class ModelBuilder(Protocol):
@@ -62,6 +77,7 @@ class Session:
         self.mean, self.std = channel_stats(data.x_train)
         self.trained: list[TrainingRecord] = []  # one per train() call and own_training block, for the report
         self._identities: dict[type, dict[str, Any]] = {}
+        self.trainer = trainer_identity(device)  # read once: an edit while the run goes on changes no key of it
 
     def model_identity(self, net: nn.Module) -> dict[str, Any]:
         """What a cached model of this run's architecture depends on besides its data: the model
@@ -126,6 +142,8 @@ class Session:
             "model_options": self.model_options,
             "recipe": self.recipe.to_dict(),
             "seed": seed,
+            "pretrained": getattr(built.net, "pretrained_sha256", None),
+            "trainer": self.trainer,
         })
 
     def fit(self, model: Network, x: torch.Tensor, y: torch.Tensor, weights: torch.Tensor | None, seed: int,

@@ -8,45 +8,18 @@ augmentation. On CUDA the forward runs under bf16 autocast in channels_last.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import crop_flip, draw_crop_flip
-from .config import bound_problem
-from .errors import UsageError
+from .augment import crop_flip, cutout, draw_crop_flip, draw_cutout
 from .progress import progress
+from .recipe import RECIPES, Recipe, lr_factor, named_recipe
 
-
-@dataclass(frozen=True)
-class Recipe:
-    """How every model of a run is trained. ``study`` is the seed study's recipe.
-
-    ``fast`` is SGD with Nesterov momentum, label smoothing, warm-up and linear
-    decay at a larger batch: the recipe for full runs on a GPU.
-    """
-
-    name: str = "study"
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 1e-4
-    augment: bool = True
-
-    def __post_init__(self) -> None:
-        if self.name not in RECIPES:
-            raise UsageError(f"unknown recipe {self.name!r}; recipes are: {', '.join(RECIPES)}")
-        for key in ("epochs", "batch_size", "lr"):
-            problem = bound_problem(key, getattr(self, key))
-            if problem:
-                raise UsageError(problem)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-RECIPES = {"study": dict(batch_size=128, lr=1e-4), "fast": dict(batch_size=512, lr=0.2)}
+__all__ = ["RECIPES", "Batch", "Recipe", "autocast", "batched", "epoch_batches", "features", "make_optimizer",
+           "named_recipe", "optimizer_step", "per_sample_loss", "predict_proba", "train_model", "training_batch"]
 
 
 def autocast(device: torch.device):
@@ -54,72 +27,92 @@ def autocast(device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
+def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
+    """The model's parameters with ``recipe.weight_decay``; BatchNorm weights and biases (the 1-d parameters)
+    in a group without it unless ``recipe.decay_norm_and_bias``."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if recipe.decay_norm_and_bias or not recipe.weight_decay:
+        return [{"params": params, "weight_decay": recipe.weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": recipe.weight_decay},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
 def make_optimizer(
     model: nn.Module, recipe: Recipe, n: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None, float]:
     """``(optimiser, per-step LR schedule or None, label smoothing)`` of ``recipe`` for ``n`` training samples.
 
-    Adam (``study``) or SGD with warm-up and linear decay (``fast``). Shared by
-    :func:`train_model` and defenses with their own loop, so every model of a
-    run steps the same way.
+    Every number comes from the recipe (:mod:`ptk.recipe`). Shared by :func:`train_model` and defenses with
+    their own loop, so every model of a run steps the same way.
     """
+    groups = parameter_groups(model, recipe)
+    if recipe.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
+                                                     nesterov=recipe.nesterov and recipe.momentum > 0)
+    else:
+        opt = torch.optim.Adam(groups, lr=recipe.lr)
+    if recipe.schedule == "constant":
+        return opt, None, recipe.label_smoothing
     total_steps = recipe.epochs * math.ceil(n / recipe.batch_size)
-    if recipe.name == "fast":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: fast_lr_factor(s, total_steps))
-        return opt, sched, 0.1
-    return torch.optim.Adam(model.parameters(), lr=recipe.lr), None, 0.0
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(recipe, s, total_steps))
+    return opt, sched, recipe.label_smoothing
 
 
 @dataclass(frozen=True)
 class Batch:
-    """One training step's sample indices and, when augmenting, its crop offsets and flips (all on the device)."""
+    """One training step's sample indices and, when augmenting, its draws (all on the device) and how to apply
+    them: crop offsets and flips, cutout corners."""
 
     idx: torch.Tensor
     offsets: torch.Tensor | None = None
     flips: torch.Tensor | None = None
+    corners: torch.Tensor | None = None
+    pad: int = 4
+    pad_mode: str = "zeros"
+    cutout: int = 0
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device,
-                  augment: bool = False) -> list[Batch]:
+                  augment: bool | Recipe = False, image_size: tuple[int, int] = (32, 32)) -> list[Batch]:
     """One epoch of shuffled batches, shuffled (and augmented) by ``gen``.
 
-    A size-1 tail is dropped (BatchNorm needs two). The permutation and every
-    batch's augmentation draws are made on the CPU first, in the order a
-    per-batch :func:`~ptk.augment.random_crop_flip` would draw them (so a seed
-    gives the same epoch as before), then moved to ``device`` in one copy: a
-    copy from the CPU waits for the GPU, and one per step would stall it.
+    ``augment``: a recipe (its ``augment``, ``pad``, ``pad_mode``, ``flip`` and ``cutout``), True for the
+    default crop and flip (4-pixel zero padding), or False. A size-1 tail is dropped (BatchNorm needs two).
+    The permutation and every batch's augmentation draws are made on the CPU first, crop and flip in the
+    order a per-batch :func:`~ptk.augment.random_crop_flip` would draw them (so a seed gives the same epoch
+    as before; cutout corners, when on, are drawn after them), then moved to ``device`` in one copy: a copy
+    from the CPU waits for the GPU, and one per step would stall it.
     """
+    aug = augment if isinstance(augment, Recipe) else (Recipe() if augment else None)
     order = torch.randperm(n, generator=gen)
     sizes = [len(c) for c in order.split(batch_size)]
     if n >= 2 and sizes and sizes[-1] < 2:
         sizes.pop()
     kept = sum(sizes)
-    if not augment:
+    if aug is None or not aug.augment:
         return [Batch(idx) for idx in order[:kept].to(device).split(sizes)]
-    draws = [draw_crop_flip(b, gen) for b in sizes]  # batch by batch: the per-batch stream, unchanged
+    draws = [draw_crop_flip(b, gen, aug.pad) for b in sizes]  # batch by batch: the per-batch stream, unchanged
     offsets, flips = torch.cat([o for o, _ in draws], 1), torch.cat([f for _, f in draws])
-    packed = torch.cat([order[:kept], offsets.flatten(), flips.long()]).to(device)  # the epoch's one copy
-    idx, offsets, flips = packed[:kept], packed[kept : 3 * kept].view(2, kept), packed[3 * kept :].bool()
-    return [Batch(*b) for b in zip(idx.split(sizes), offsets.split(sizes, 1), flips.split(sizes))]
+    flips = flips if aug.flip else torch.zeros_like(flips)
+    corners = draw_cutout(kept, gen, aug.cutout, *image_size) if aug.cutout else torch.zeros(2, kept, dtype=torch.long)
+    packed = torch.cat([order[:kept], offsets.flatten(), flips.long(), corners.flatten()]).to(device)  # one copy
+    idx, offsets = packed[:kept], packed[kept : 3 * kept].view(2, kept)
+    flips, corners = packed[3 * kept : 4 * kept].bool(), packed[4 * kept :].view(2, kept)
+    settings = dict(pad=aug.pad, pad_mode=aug.pad_mode, cutout=aug.cutout)
+    return [Batch(i, o, f, c if aug.cutout else None, **settings)
+            for i, o, f, c in zip(idx.split(sizes), offsets.split(sizes, 1), flips.split(sizes), corners.split(sizes, 1))]
 
 
 def training_batch(x: torch.Tensor, batch: Batch) -> torch.Tensor:
     """Images ``x[batch.idx]``, augmented with the batch's draws if it has them, in channels_last on CUDA."""
     xb = x[batch.idx]
     if batch.offsets is not None:
-        xb = crop_flip(xb, batch.offsets, batch.flips)
+        xb = crop_flip(xb, batch.offsets, batch.flips, batch.pad, batch.pad_mode)
+    if batch.corners is not None:
+        xb = cutout(xb, batch.corners, batch.cutout)
     if xb.device.type == "cuda":
         xb = xb.contiguous(memory_format=torch.channels_last)
     return xb
-
-
-def fast_lr_factor(step: int, total_steps: int) -> float:
-    """The ``fast`` recipe's schedule: linear warm-up over the first 5% of steps, then linear decay to 0."""
-    warm = max(1, total_steps // 20)
-    if step < warm:
-        return (step + 1) / warm
-    return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
 
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
@@ -159,13 +152,23 @@ def train_model(
     model.train()
     n = len(y)
     opt, sched, smoothing = make_optimizer(model, recipe, n)
+    params = [p for p in model.parameters() if p.requires_grad]
+    average = [p.detach().clone() for p in params] if recipe.ema else None
     for _ in progress(range(recipe.epochs), desc=desc):
-        for batch in epoch_batches(n, recipe.batch_size, gen, device, recipe.augment):
+        for batch in epoch_batches(n, recipe.batch_size, gen, device, recipe, tuple(x.shape[-2:])):
             xb = training_batch(x, batch)
             idx = batch.idx
             optimizer_step(model, opt, xb, y[idx], smoothing, None if weights is None else weights[idx])
             if sched is not None:
                 sched.step()
+            if average is not None:
+                with torch.no_grad():
+                    for a, p in zip(average, params):
+                        a.lerp_(p.detach(), 1 - recipe.ema)
+    if average is not None:  # the averaged weights replace the last ones (BatchNorm statistics are the last)
+        with torch.no_grad():
+            for a, p in zip(average, params):
+                p.copy_(a)
     model.eval()
     return model
 
