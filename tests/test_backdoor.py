@@ -270,10 +270,10 @@ def test_art_spectral_signatures_flags_exactly_what_art_does():
 
 def test_art_backdoor_target_class_and_fraction_are_checked_before_training(tmp_path):
     data = Blobs().load(tmp_path, {})  # classes a, b, c; 20 training images each
-    assert [art_backdoor.target_class_of(data, v, 1) for v in ("", "c", "0")] == [1, 2, 0]
+    assert [art_backdoor.class_option(data, v, 1) for v in ("", "c", "0")] == [1, 2, 0]
     for bad in ("x", "3", "-1"):
         with pytest.raises(ptk.UsageError, match="neither a class name nor an index 0..2"):
-            art_backdoor.target_class_of(data, bad, 1)
+            art_backdoor.class_option(data, bad, 1)
     attack = art_backdoor.ArtBackdoor()
     attack.check(data, 0, 1, {"target_class": "", "fraction": 0.05, "trigger": "pattern"})  # 2 of 40
     with pytest.raises(ptk.UsageError, match="poisons none"):

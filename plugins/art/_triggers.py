@@ -1,5 +1,5 @@
 """ART's backdoor triggers as ptk uses them (``art-backdoor``, ``art-clean-label-backdoor``) and the class
-options of ptk's ART backdoors (``target_class_of``).
+options of ptk's ART backdoors (``class_option``: a source or target class given by name or index).
 
 ART's perturbation functions are kept: ``add_pattern_bd`` (a four-pixel checkerboard corner, the default) or
 ``add_single_bd`` (one pixel). ptk adapts the layout (ptk's images are N x C x H x W; ``add_pattern_bd`` is
@@ -61,10 +61,10 @@ def poison_pool(labels: torch.Tensor, target_class: int) -> torch.Tensor:
     return (labels != target_class).nonzero().squeeze(1)
 
 
-def target_class_of(data: Dataset, option: str, default: int, owner: str = "art-backdoor",
-                    key: str = "target_class") -> int:
-    """The class option ``key`` of plugin ``owner`` (a class name or index; empty: ``default``, e.g. the run's
-    target class)."""
+def class_option(data: Dataset, option: str, default: int, owner: str = "art-backdoor",
+                 key: str = "target_class") -> int:
+    """The class index that plugin ``owner``'s class option ``key`` (``source_class``, ``target_class``) names:
+    a class name or index; empty gives ``default`` (e.g. the run's target class)."""
     if option == "":
         return default
     try:

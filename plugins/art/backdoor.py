@@ -25,7 +25,7 @@ from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, f
 from ptk_plugins.art._bridge import art_version
 from ptk_plugins.art._poison import poison_count
 from ptk_plugins.art._triggers import (TRIGGER_OPTION, art_trigger, check_trigger_fits, poison_pool, stamp,
-                                       target_class_of)
+                                       class_option)
 
 
 def choose_poison(labels: torch.Tensor, target_class: int, share: float, seed: int) -> torch.Tensor:
@@ -64,7 +64,7 @@ class ArtBackdoor(Attack):
     ]
 
     def check(self, data: Dataset, source: int, target: int, options: dict[str, Any]) -> None:
-        cls = target_class_of(data, options["target_class"], target)
+        cls = class_option(data, options["target_class"], target)
         pool = len(poison_pool(data.y_train, cls))
         if poison_count(options["fraction"], pool, nearest=True) < 1:
             raise UsageError(f"art-backdoor.fraction={options['fraction']} of {pool} training images poisons none; "
@@ -72,7 +72,7 @@ class ArtBackdoor(Attack):
         check_trigger_fits(self.name, tuple(data.image_shape))
 
     def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
-        cls = target_class_of(ctx.data, options["target_class"], ctx.target.target_class)
+        cls = class_option(ctx.data, options["target_class"], ctx.target.target_class)
         kind = options["trigger"]
         x, y, chosen = backdoor(ctx.data.x_train, ctx.data.y_train, cls, options["fraction"], kind, ctx.seed)
         trigger = art_trigger(kind, cls)

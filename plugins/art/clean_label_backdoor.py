@@ -35,7 +35,7 @@ from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, h
 from ptk_plugins.art._bridge import (art_classifier, art_images, art_one_hot, art_version, from_art_images,
                                      numpy_global_seed, quiet_art)
 from ptk_plugins.art._poison import class_indices, poison_count
-from ptk_plugins.art._triggers import TRIGGER_OPTION, art_trigger, check_trigger_fits, stamp, target_class_of
+from ptk_plugins.art._triggers import TRIGGER_OPTION, art_trigger, check_trigger_fits, stamp, class_option
 
 NAME = "art-clean-label-backdoor"
 #: the ``norm`` option's values and what ART's PGD gets for them
@@ -108,7 +108,7 @@ class ArtCleanLabelBackdoor(Attack):
     ]
 
     def check(self, data: Dataset, source: int, target: int, options: dict[str, Any]) -> None:
-        cls = target_class_of(data, options["target_class"], target, owner=NAME)
+        cls = class_option(data, options["target_class"], target, owner=NAME)
         n = len(class_indices(data.y_train, cls))
         if poison_count(options["pp_poison"], n) < 1:
             raise UsageError(f"{NAME}.pp_poison={options['pp_poison']} of the {n} training images of class "
@@ -117,7 +117,7 @@ class ArtCleanLabelBackdoor(Attack):
         check_trigger_fits(NAME, tuple(data.image_shape))
 
     def poison(self, ctx: AttackContext, options: dict[str, Any]) -> Poisoning:
-        cls = target_class_of(ctx.data, options["target_class"], ctx.target.target_class, owner=NAME)
+        cls = class_option(ctx.data, options["target_class"], ctx.target.target_class, owner=NAME)
         with quiet_art():
             proxy = art_classifier(ctx.clean_model, tuple(ctx.data.image_shape), ctx.data.num_classes, ctx.device)
             x, chosen, drawn = clean_label_backdoor(proxy, ctx.data.x_train, ctx.data.y_train, cls,

@@ -42,7 +42,7 @@ from ptk import Attack, AttackContext, Dataset, Option, Poisoning, Trigger, Usag
 from ptk_plugins.art._bridge import (art_device_type, art_images, art_one_hot, art_seeded, art_version,
                                      from_art_images, gradient_matching_device, quiet_art)
 from ptk_plugins.art._poison import ART_RATES, class_indices, lr_schedule, poison_count
-from ptk_plugins.art._triggers import target_class_of
+from ptk_plugins.art._triggers import class_option
 
 NAME = "art-sleeper-agent"
 #: the ``selection`` option's values and ART's ``selection_strategy`` for them (ART: "random", else max gradient norm)
@@ -177,8 +177,8 @@ class ArtSleeperAgent(Attack):
     ]
 
     def classes(self, data: Dataset, source: int, target: int, options: dict[str, Any]) -> tuple[int, int]:
-        return (target_class_of(data, options["source_class"], source, owner=NAME, key="source_class"),
-                target_class_of(data, options["target_class"], target, owner=NAME))
+        return (class_option(data, options["source_class"], source, owner=NAME, key="source_class"),
+                class_option(data, options["target_class"], target, owner=NAME))
 
     def check(self, data: Dataset, source: int, target: int, options: dict[str, Any]) -> None:
         src, tgt = self.classes(data, source, target, options)
