@@ -13,6 +13,7 @@
 #   c. benchmark rows 1 and 3 (trainer vs bare loop, influence vs per-sample loop) -> $OUT/bench13.json
 #   d. benchmark row 8 (both recipes at full size, s/epoch, MFU, then a whole
 #      `ptk run --defense all --recipe fast` from an empty cache)                   -> $OUT/bench8.json
+#   e. benchmarks/recipe.py --full: ptk's fast against the published loop at full size   -> $OUT/recipe.json
 # Measured on an H200 (2026-11-27): part a took 283 s; part b (bilevel, ~3x a training) did not finish
 # in the 250 s left of a 560 s call. A second call on the same warm machine resumes: the data and model cache live in runs/gpu/
 # (git-ignored, kept between calls), so finished trainings are cache hits.
@@ -70,3 +71,7 @@ say "d. benchmark row 8"
 # shellcheck disable=SC2086
 python3 benchmarks/run.py --only 8 $BENCH_ARGS --cifar "$ARCHIVE" --json "$OUT/bench8.json" 2>&1 | tee -a "$LOG"
 say "d. done (exit ${PIPESTATUS[0]})"
+
+say "e. recipe fidelity at full size: ptk fast vs the published loop, width 64, 10 epochs, seeds 0 and 1"
+python3 benchmarks/recipe.py --full --data-dir "$PTK_DATA_DIR" --json "$OUT/recipe.json" 2>&1 | tee -a "$LOG"
+say "e. done (exit ${PIPESTATUS[0]})"

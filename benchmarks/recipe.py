@@ -38,6 +38,14 @@ ARCHIVES = [ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz", ROOT / "dat
 PUBLISHED = dict(lr=0.2, batch_size=500, momentum=0.9, weight_decay=5e-4, peak_at=0.2, start=0.2, pad=4)
 
 
+def reference_schedule(total: int):
+    """The published triangle as a step -> factor function: from ``start`` up to 1 at ``peak_at`` of the steps,
+    then down to 0 at the last, linearly (numpy's interp between the three knots)."""
+    h = PUBLISHED
+    knots = [0, int(h["peak_at"] * total), total]
+    return lambda step: float(np.interp(step, knots, [h["start"], 1.0, 0.0]))
+
+
 def reference_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> None:
     """A plain loop with the published hyperparameters: images as floats in [0, 1], shuffled per epoch,
     reflect-padded and randomly cropped (a translate) and flipped per batch, SGD stepped per batch."""
@@ -46,8 +54,7 @@ def reference_train(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, ep
                           weight_decay=h["weight_decay"])
     steps_per_epoch = len(y) // h["batch_size"] + (len(y) % h["batch_size"] > 1)
     total = epochs * steps_per_epoch
-    knots = [0, int(h["peak_at"] * total), total]
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: float(np.interp(s, knots, [h["start"], 1.0, 0.0])))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, reference_schedule(total))
     gen = torch.Generator(device="cpu").manual_seed(seed + 12345)
     xf = x.float().div(255)
     model.train()

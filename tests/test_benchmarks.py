@@ -79,3 +79,34 @@ def test_study_row_without_data_says_so(tmp_path):
     _, study = load_benchmarks()
     row = study.study_row(tmp_path / "missing.tar.gz", torch.device("cpu"), 10, 10, 8, 1, None, None)
     assert row["ptk"] == "skipped" and "--cifar" in row["what"]
+
+
+def test_ptks_fast_schedule_is_the_published_triangle_the_reference_loop_writes_independently():
+    import recipe as fidelity
+
+    from ptk.recipe import lr_factor, named_recipe
+
+    fast = named_recipe("fast")
+    for total in (50, 100, 1000):
+        ref = fidelity.reference_schedule(total)
+        assert all(abs(lr_factor(fast, s, total) - ref(s)) < 1e-9 for s in range(total + 1)), total
+    h = fidelity.PUBLISHED
+    assert (fast.lr, fast.batch_size, fast.momentum, fast.weight_decay, fast.pad) == \
+        (h["lr"], h["batch_size"], h["momentum"], h["weight_decay"], h["pad"])
+
+
+@pytest.mark.slow
+@pytest.mark.cifar
+def test_recipe_fidelity_row_trains_both_loops_on_real_cifar(cifar_data_dir, tmp_path):
+    import json
+
+    import recipe as fidelity
+
+    out = tmp_path / "recipe.json"
+    summary = fidelity.main(["--quick", "--train", "500", "--epochs", "1", "--data-dir", str(cifar_data_dir),
+                             "--json", str(out), "-o", "label_smoothing=0.1"])
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["loop"] for r in rows} == {"ptk fast", "reference"} and all(r["seconds"] > 0 for r in rows)
+    assert summary["recipe"]["label_smoothing"] == 0.1 and summary["recipe"]["schedule"] == "triangle"
+    assert summary["accuracy_difference_points"] == pytest.approx(
+        100 * (summary["ptk_fast_accuracy"] - summary["reference_accuracy"]), abs=0.02)
