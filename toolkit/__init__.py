@@ -6,6 +6,7 @@ The names below are the public API for plugin authors; everything else is privat
 from .version import DISTRIBUTION, __version__
 from .api import (
     API_VERSION,
+    GOALS,
     SUPPORTED_API_VERSIONS,
     Attack,
     DatasetSource,
@@ -40,7 +41,7 @@ from .train import Recipe, autocast, epoch_batches, make_optimizer, optimizer_st
 
 
 __all__ = [
-    "API_VERSION", "DISTRIBUTION", "SUPPORTED_API_VERSIONS", "Attack", "AttackContext", "DataMissing", "Dataset",
+    "API_VERSION", "DISTRIBUTION", "GOALS", "SUPPORTED_API_VERSIONS", "Attack", "AttackContext", "DataMissing", "Dataset",
     "DatasetSource", "Defense", "DefenseContext", "DefenseResult", "ModelSpec", "Option", "Poisoning",
     "Predictor", "Target", "ThreatModel", "ThreatModelViolation", "Trigger", "UsageError", "hookimpl",
     "stratified_indices", "__version__",

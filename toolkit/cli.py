@@ -218,6 +218,10 @@ def plugins(name: str | None, as_json: bool) -> None:
     broken = [b.__dict__ for b in reg.broken]
     if name:
         entries = [e for e in entries if e["name"] == name]
+        broken = [b for b in broken if b["source"] == name]
+        if not entries and broken:
+            b = broken[0]
+            raise PluginError(f"plugin {name!r} ({b['dist']} {b['version']}) is BROKEN: {b['error']}")
         if not entries:
             all_names = sorted({e.name for e in reg.all()})
             raise UsageError(f"no plugin registers {name!r}; names are: {', '.join(all_names)}")

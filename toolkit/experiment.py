@@ -7,6 +7,7 @@ after every model, so a run that dies part-way keeps what it finished.
 from __future__ import annotations
 
 import difflib
+import json
 import logging
 import platform
 import time
@@ -21,7 +22,7 @@ import torch
 from .version import __version__
 from .api import goal_refusal
 from .errors import DataMissing, PluginError, UsageError
-from .types import Poisoning, Trigger
+from .types import DefenseResult, Poisoning, Predictor, Trigger
 from .cache import ModelCache, tensor_digest
 from .config import ExperimentConfig
 from .context import AttackContext, DefenseContext
@@ -235,6 +236,60 @@ def checked_trigger(entry: Entry, poisoning: Poisoning, data) -> Trigger | None:
     return trigger
 
 
+def json_problem(details: Any) -> str | None:
+    """Why ``details`` cannot go into results.json (None when it can): names the first key that fails."""
+    if not isinstance(details, dict):
+        return f"details must be a dict, got {type(details).__name__}"
+    for key, value in details.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError) as exc:
+            return f"details[{key!r}] is not JSON-serialisable ({exc}); convert it (a tensor: .tolist())"
+    return None
+
+
+def checked_poisoning(entry: Entry, poisoning: Any) -> Poisoning:
+    """An attack's return value, checked at the boundary: a wrong type or field is the attack's bug, named."""
+    def bad(problem: str) -> PluginError:
+        return plugin_failure(entry, "poison()", TypeError(problem))
+
+    if not isinstance(poisoning, Poisoning):
+        raise bad(f"returned {type(poisoning).__name__}; poison() must return a ptk.Poisoning(y_train=..., "
+                  "poison_indices=...)")
+    for name in ("y_train", "poison_indices"):
+        if not isinstance(getattr(poisoning, name), torch.Tensor):
+            raise bad(f"Poisoning.{name} must be a torch.Tensor, got {type(getattr(poisoning, name)).__name__}")
+    if poisoning.x_train is not None and not isinstance(poisoning.x_train, torch.Tensor):
+        raise bad(f"Poisoning.x_train must be a torch.Tensor or None, got {type(poisoning.x_train).__name__}")
+    problem = json_problem(poisoning.details)
+    if problem:
+        raise bad(f"Poisoning.{problem}")
+    return poisoning
+
+
+def checked_defense_result(entry: Entry, out: Any) -> DefenseResult:
+    """A defense's return value, checked at the boundary (see :class:`ptk.DefenseResult`)."""
+    def bad(problem: str) -> PluginError:
+        return plugin_failure(entry, "defend()", TypeError(problem))
+
+    if not isinstance(out, DefenseResult):
+        raise bad(f"returned {type(out).__name__}; defend() must return a ptk.DefenseResult(predictor=...)")
+    if not isinstance(out.predictor, (torch.nn.Module, Predictor)):
+        raise bad(f"DefenseResult.predictor must be a trained nn.Module or a ptk.Predictor, got "
+                  f"{type(out.predictor).__name__}")
+    for name in ("removed_indices", "sample_weights", "scores"):
+        value = getattr(out, name)
+        if value is not None and not isinstance(value, torch.Tensor):
+            raise bad(f"DefenseResult.{name} must be a torch.Tensor or None, got {type(value).__name__}")
+    if out.rejects is not None and not callable(out.rejects):
+        raise bad(f"DefenseResult.rejects must be callable (uint8 images -> bool per image), got "
+                  f"{type(out.rejects).__name__}")
+    problem = json_problem(out.details)
+    if problem:
+        raise bad(f"DefenseResult.{problem}")
+    return out
+
+
 @dataclass
 class Run:
     """A run in progress: its results, written out (as results.json's dict) after every step."""
@@ -262,7 +317,7 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
     run.add_model(clean_row)
 
     actx = AttackContext(session=session, data=data, options_of=p.options, clean_model=clean.model, target=target)
-    poisoning = call_plugin(p.attack, "poison", actx, attack_opts)
+    poisoning = checked_poisoning(p.attack, call_plugin(p.attack, "poison", actx, attack_opts))
     trigger = checked_trigger(p.attack, poisoning, data)
     poison_idx = poisoning.poison_indices.to(p.device).long()
     poisoned_data = type(data)(data.name, poisoning.x_train if poisoning.x_train is not None else data.x_train,
@@ -286,7 +341,7 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
         before = len(session.trained)
         try:
             with Timer() as timer:
-                out = entry.plugin.defend(ctx, p.options[entry.name])
+                out = checked_defense_result(entry, entry.plugin.defend(ctx, p.options[entry.name]))
             row = defense_row(entry.name, out, data, target, poison_idx, len(poisoned_data.y_train), trigger,
                               train_seconds=round(session.training_seconds(since=before), 3),
                               defense_seconds=round(timer.seconds, 3), threat_model=entry.plugin.threat.describe())

@@ -143,6 +143,12 @@ def check_plugin(plugin: Any, kind: str) -> Plugin:
     if kind == "defense" and plugin.goals is not None and (not plugin.goals or set(plugin.goals) - set(GOALS)):
         raise TypeError(f"defense {plugin.name!r} declares goals {plugin.goals!r}; give one or more of: "
                         f"{', '.join(GOALS)} (or leave goals = None to follow the threat model)")
+    for option in plugin.options:  # a default that fails its own check would surface only after training
+        try:
+            option.parse(option.default, plugin.name)
+        except UsageError as exc:
+            raise TypeError(f"{kind} {plugin.name!r}: the default of option {option.name!r} fails its own check "
+                            f"({exc}); fix the Option's default") from None
     return plugin
 
 

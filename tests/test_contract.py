@@ -1,0 +1,142 @@
+"""The plugin contract checked at the boundary: what a defense or an attack returns, option defaults, broken
+plugins by name, and the names the docs use. Each case: the plugin's mistake is reported naming the plugin,
+the method and what it should have returned; the run's other defenses go on; results.json is never left
+at "running"."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import ptk
+from ptk.experiment import run_experiment
+
+from .plugins.blobs import BlobsAndMlp, blobs_config
+
+
+class TensorDetails(ptk.Defense):
+    name = "c-tensor-details"
+    description = "returns a tensor in details"
+
+    def defend(self, ctx, options):
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, details={"threshold": torch.tensor(0.5)})
+
+
+class ReturnsModel(ptk.Defense):
+    name = "c-returns-model"
+    description = "returns the model itself"
+
+    def defend(self, ctx, options):
+        return ctx.poisoned_model
+
+
+class ListScores(ptk.Defense):
+    name = "c-list-scores"
+    description = "scores as a list"
+
+    def defend(self, ctx, options):
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, scores=[0.0] * len(ctx.data.y_train))
+
+
+class Fine(ptk.Defense):
+    name = "c-fine"
+    description = "returns the poisoned model"
+
+    def defend(self, ctx, options):
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, details={"note": "ok"})
+
+
+class ArrayDetailsFlip(ptk.Attack):
+    name = "c-array-details"
+    description = "a flip whose details hold a tensor"
+
+    def poison(self, ctx, options):
+        y = ctx.data.y_train.clone()
+        idx = (y == ctx.target.source_class).nonzero().squeeze(1)[:3]
+        y[idx] = ctx.target.target_class
+        return ptk.Poisoning(y_train=y, poison_indices=idx, details={"indices": idx})
+
+
+class Contract(BlobsAndMlp):
+    @ptk.hookimpl
+    def register_defenses(self, register):
+        for d in (TensorDetails(), ReturnsModel(), ListScores(), Fine()):
+            register(d)
+
+    @ptk.hookimpl
+    def register_attacks(self, register):
+        register(ArrayDetailsFlip())
+
+
+def run(registry, attack: str, defenses: list[str]) -> tuple[dict, list[dict]]:
+    saved: list[dict] = []
+    reg = registry(Contract())
+    try:
+        config = blobs_config(attack, defenses, labelflip={"budget": 5})
+        final = run_experiment(config, reg, save=lambda r: saved.append(json.loads(json.dumps(r))), use_cache=False)
+    except ptk.PluginError:
+        final = None
+    return final, saved
+
+
+def test_defense_mistakes_fail_that_defense_naming_it_and_the_others_go_on(registry):
+    final, saved = run(registry, "labelflip", ["c-tensor-details", "c-returns-model", "c-list-scores", "c-fine"])
+    rows = {m["name"]: m for m in final["models"]}
+    assert final["status"] == "failed" and saved[-1]["status"] == "failed"  # never stuck at "running"
+    assert rows["c-fine"].get("failed") is not True and rows["c-fine"]["test_accuracy"] > 0
+    errors = {n: rows[n]["error"] for n in ("c-tensor-details", "c-returns-model", "c-list-scores")}
+    assert "defense 'c-tensor-details'" in errors["c-tensor-details"]
+    assert "details['threshold'] is not JSON-serialisable" in errors["c-tensor-details"]
+    assert "defend() must return a ptk.DefenseResult" in errors["c-returns-model"]
+    assert "returned Network" in errors["c-returns-model"]
+    assert "DefenseResult.scores must be a torch.Tensor or None, got list" in errors["c-list-scores"]
+
+
+def test_an_attack_whose_details_cannot_be_saved_fails_the_run_naming_it_and_results_say_failed(registry):
+    final, saved = run(registry, "c-array-details", ["c-fine"])
+    assert final is None
+    assert saved[-1]["status"] == "failed"
+    assert "attack 'c-array-details'" in saved[-1]["error"]
+    assert "Poisoning.details['indices'] is not JSON-serialisable" in saved[-1]["error"]
+
+
+class BadDefault(ptk.Defense):
+    name = "c-bad-default"
+    description = "its default fails its own check"
+    options = [ptk.Option("k", int, 0, "neighbours", check=ptk.positive)]
+
+    def defend(self, ctx, options):
+        raise AssertionError("never reached")
+
+
+class BadDefaultPlugin:
+    @ptk.hookimpl
+    def register_defenses(self, register):
+        register(BadDefault())
+
+
+def test_an_option_default_that_fails_its_check_makes_the_plugin_broken_and_plugins_name_says_so(registry, ptk):
+    reg = registry((BadDefaultPlugin(), "knn-sanitize"))
+    assert "c-bad-default" not in reg.names("defense")
+    (broken,) = [b for b in reg.broken if b.source == "knn-sanitize"]
+    assert "the default of option 'k' fails its own check" in broken.error and "must be positive" in broken.error
+    listing = ptk("plugins").output
+    assert "BROKEN" in listing and "knn-sanitize" in listing
+    res = ptk("plugins", "knn-sanitize", expect=1)
+    assert "is BROKEN" in res.output and "fails its own check" in res.output
+
+
+def test_every_public_name_the_docs_use_imports():
+    """`from ptk import X` for each X the plugin reference shows in an import line or names in backticks as
+    ptk's (GOALS included)."""
+    import re
+
+    from .fixtures import ROOT
+
+    text = (ROOT / "docs" / "plugin-reference.md").read_text() + (ROOT / "docs" / "plugins.md").read_text()
+    imported = {n.strip() for line in re.findall(r"from ptk import ([\w, ]+)", text) for n in line.split(",")}
+    assert "GOALS" in text and hasattr(ptk, "GOALS")
+    missing = sorted(n for n in imported if n and not hasattr(ptk, n))
+    assert not missing, f"docs import names ptk does not export: {missing}"
