@@ -188,9 +188,13 @@ def rerun(run_dir: Path, out, data_dir, cache_dir, no_cache) -> None:
     """Repeat a run from the config recorded in RUN_DIR/results.json."""
     path = run_dir / "results.json"
     try:
-        recorded = json.loads(path.read_text())["config"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise UsageError(f"{path} is not a ptk results file ({exc})") from None
+        found = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # missing, a directory, not UTF-8, not JSON
+        raise UsageError(f"{path} is not a ptk results file ({type(exc).__name__}: {str(exc)[:200]})") from None
+    recorded = found.get("config") if isinstance(found, dict) else None
+    if not isinstance(recorded, dict):
+        raise UsageError(f"{path} is not a ptk results file (no \"config\" object in it); rerun a folder "
+                         "`ptk run` wrote")
     config = ExperimentConfig.from_dict(recorded, where=str(path))
     execute(config, out or run_dir / time.strftime("rerun-%Y%m%d-%H%M%S"), False, data_dir, cache_dir, no_cache)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import click
@@ -38,10 +39,12 @@ def open_store(db: Path):
               help="ray: times a cell is rerun when its worker dies (an exception in the cell is not retried)")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="ptk data directory (or $PTK_DATA_DIR)")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="model cache directory (or $PTK_CACHE_DIR)")
+@click.option("--max-cells", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="refuse a grid of more cells than this (counted before it is expanded)")
 @click.option("-v", "--verbose", is_flag=True, help="show every model's training progress, not only the cells'")
 def run_sweep(grid_file: Path, db: Path | None, executor: str, ray_address: str | None, cpus_per_cell: float,
               gpus_per_cell: float | None, max_retries: int, data_dir: Path | None, cache_dir: Path | None,
-              verbose: bool) -> None:
+              max_cells: int, verbose: bool) -> None:
     """Run every cell of GRID_FILE not yet finished in the store; rerun to resume.
 
     GRID_FILE is a --config TOML file plus a [grid] table of lists, e.g.
@@ -60,7 +63,9 @@ def run_sweep(grid_file: Path, db: Path | None, executor: str, ray_address: str 
     if not grid_file.exists():
         raise UsageError(f"grid file {grid_file} does not exist")
     base, grid = read_grid(grid_file, PRESETS)
-    cells = expand(base, grid, str(grid_file))
+    cells = expand(base, grid, str(grid_file), max_cells)
+    if executor == "ray" and importlib.util.find_spec("ray") is None:  # refused before a store is created
+        raise UsageError("--executor ray needs Ray: pip install 'ptk-poison[ray]'")
     registry = load_registry()
     check_cells(cells, registry, data_dir)
     db = db or Path("runs") / grid_file.stem / "sweep.db"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import ExperimentConfig, load_toml, merge
+from .config import ExperimentConfig, load_toml, merge, short
 from .errors import UsageError
 from .rates import settings_label
 
@@ -78,10 +78,42 @@ def read_grid(path: Path, presets: dict[str, dict[str, Any]]) -> tuple[dict[str,
     return base, lists
 
 
+#: ``ptk sweep run --max-cells``' default: a grid larger than this is refused before it is expanded.
+MAX_CELLS = 10_000
+
+
+def target_count(spec: Any, where: str) -> int:
+    """How many targets ``targets = SPEC`` gives, without making them (``targets = 1000000`` costs nothing)."""
+    if isinstance(spec, bool) or not isinstance(spec, (int, list)):
+        raise UsageError(f"{where}: grid key 'targets' must be a number N or a list of test indices, "
+                         f"got {short(spec)}")
+    if isinstance(spec, list) and not spec:
+        raise UsageError(f"{where}: grid key 'targets' is an empty list: it would run no cell; give test indices "
+                         "or a number N of targets")
+    return spec if isinstance(spec, int) else len(spec)
+
+
+def cell_count(grid: dict[str, list[Any]], where: str) -> int:
+    """The number of cells ``grid`` expands to (before duplicates merge), counted, not expanded."""
+    count = target_count(grid["targets"][0], where) if "targets" in grid else 1
+    for key, values in grid.items():
+        if key != "targets":
+            count *= len(values)
+    return count
+
+
+def check_size(grid: dict[str, list[Any]], where: str, max_cells: int = MAX_CELLS) -> int:
+    """The grid's cell count; a UsageError within a second when it is above ``max_cells``."""
+    count = cell_count(grid, where)
+    if count > max_cells:
+        raise UsageError(f"{where}: the grid has {count:,} cells, more than --max-cells {max_cells:,}; shrink the "
+                         "grid or pass a larger --max-cells")
+    return count
+
+
 def target_ranks(spec: Any, where: str) -> list[dict[str, Any]]:
     """``targets = N`` (ranks 0..N-1 of the chosen order) or a list of test indices."""
-    if isinstance(spec, bool) or not isinstance(spec, (int, list)):
-        raise UsageError(f"{where}: grid key 'targets' must be a number N or a list of test indices, got {spec!r}")
+    target_count(spec, where)
     if isinstance(spec, int):
         if spec < 1:
             raise UsageError(f"{where}: grid key 'targets' must be at least 1, got {spec}")
@@ -91,8 +123,10 @@ def target_ranks(spec: Any, where: str) -> list[dict[str, Any]]:
     return [{"target_index": i} for i in spec]
 
 
-def expand(base: dict[str, Any], grid: dict[str, list[Any]], where: str) -> list[Cell]:
-    """Every combination of the grid's values on top of ``base``, as checked configs (duplicates merged)."""
+def expand(base: dict[str, Any], grid: dict[str, list[Any]], where: str, max_cells: int = MAX_CELLS) -> list[Cell]:
+    """Every combination of the grid's values on top of ``base``, as checked configs (duplicates merged); a grid
+    of more than ``max_cells`` is refused before any is made."""
+    check_size(grid, where, max_cells)
     keys = [k for k in grid if k != "targets"]
     targets = target_ranks(grid["targets"][0], where) if "targets" in grid else [{}]
     cells: dict[str, Cell] = {}

@@ -1,0 +1,60 @@
+"""Inputs that used to surface as tracebacks or run nothing: each is refused in one line naming the problem and
+the fix, before any training (and before a sweep store is created)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ptk.errors import UsageError
+from ptk.sweep import check_size, expand
+
+from .fixtures import GRID_HEAD
+
+
+def test_a_grid_of_a_million_cells_is_refused_within_a_second_before_expanding():
+    start = time.perf_counter()
+    with pytest.raises(UsageError, match=r"the grid has 1,000,000 cells, more than --max-cells 10,000"):
+        expand({}, {"targets": [1_000_000]}, "grid.toml")
+    with pytest.raises(UsageError, match="1,000,000 cells"):
+        check_size({"seed": list(range(1000)), "labelflip.budget": list(range(1000))}, "grid.toml")
+    assert time.perf_counter() - start < 1.0
+    assert check_size({"seed": [0, 1], "targets": [3]}, "g", max_cells=6) == 6
+
+
+def test_an_empty_target_list_is_refused_not_run_as_zero_cells(ptk, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID_HEAD + "[grid]\ntargets = []\n")
+    res = ptk("sweep", "run", grid, "--db", tmp_path / "s.db", expect=2)
+    assert "'targets' is an empty list" in res.output and not (tmp_path / "s.db").exists()
+
+
+def test_max_cells_flag_refuses_before_the_store_is_created(ptk, tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID_HEAD + "[grid]\nseed = [0, 1, 2]\n")
+    res = ptk("sweep", "run", grid, "--db", tmp_path / "s.db", "--max-cells", "2", expect=2)
+    assert "3 cells, more than --max-cells 2" in res.output and not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe not utf-8", "is not UTF-8 text"),
+    (None, "is a directory"),
+])
+def test_a_config_file_that_is_not_text_or_is_a_directory_is_one_line(ptk, tmp_path, content, message):
+    path = tmp_path / "bad.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    res = ptk("run", "--config", path, "--out", tmp_path / "r", expect=2)
+    assert message in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("content", ["[1, 2, 3]", '{"config": 7}', '"text"'])
+def test_rerun_of_a_results_file_that_is_not_an_object_is_one_line(ptk, tmp_path, content):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(content)
+    res = ptk("rerun", run_dir, expect=2)
+    assert "is not a ptk results file" in res.output and "Traceback" not in res.output
