@@ -58,3 +58,10 @@ def test_rerun_of_a_results_file_that_is_not_an_object_is_one_line(ptk, tmp_path
     (run_dir / "results.json").write_text(content)
     res = ptk("rerun", run_dir, expect=2)
     assert "is not a ptk results file" in res.output and "Traceback" not in res.output
+
+
+def test_overwrite_onto_a_results_json_folder_is_refused_before_training(ptk, tmp_path):
+    out = tmp_path / "r"
+    (out / "results.json").mkdir(parents=True)
+    res = ptk("run", "--preset", "quick", "--out", out, "--overwrite", expect=2)
+    assert "results.json is a folder" in res.output and "training" not in res.output

@@ -89,6 +89,10 @@ def check_out(out: Path, overwrite: bool, config: ExperimentConfig) -> None:
     """
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder; pick a folder path")
+    for name in ("results.json", "report.md"):  # what a run writes: a folder there would fail it after training
+        if (out / name).is_dir():
+            raise UsageError(f"--out {out}: {out / name} is a folder, so the run could not write its {name}; "
+                             "move it away or pick another --out")
     if out.exists() and any(out.iterdir()) and not overwrite:
         found = recorded_run(out)
         if found is None:
