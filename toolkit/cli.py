@@ -12,16 +12,22 @@ from typing import Any
 import click
 
 from .version import __version__
-from .api import defense_goals
 from .cli_data import data as data_commands
 from .cli_sweep import sweep as sweep_commands
 from .config import PRESETS, ExperimentConfig, load_toml, merge
 from .errors import PluginError, UsageError
 from .options import parse_assignments
-from .registry import load_registry
 
 RUN_FLAGS = ("dataset", "model", "attack", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
              "test_subset", "source", "target", "target_index", "target_choice", "target_rank", "device")
+
+
+def load_registry(*args: Any, **kwargs: Any):
+    """:func:`ptk.registry.load_registry`, imported when a command needs plugins (it imports torch and every
+    plugin): ``ptk --help`` and ``ptk sweep status`` start without it."""
+    from .registry import load_registry as load
+
+    return load(*args, **kwargs)
 
 
 def fail(message: str, code: int) -> None:
@@ -204,6 +210,8 @@ def rerun(run_dir: Path, out, data_dir, cache_dir, no_cache) -> None:
 
 
 def describe_entry(e) -> dict[str, Any]:
+    from .api import defense_goals
+
     d = {"name": e.name, "kind": e.kind, "description": e.plugin.description, "plugin": e.source,
          "distribution": e.dist, "version": e.version,
          "options": [{"name": o.name, "type": o.type.__name__, "default": o.default, "help": o.help,

@@ -14,10 +14,7 @@ from pathlib import Path
 
 import click
 
-from .datastore import imagefolder_cache, stored_datasets
-from .importers import find_debian_fashion_mnist, import_dataset, read_dataset
 from .paths import data_dir as resolve_data_dir
-from .readers import FASHION_MNIST_CLASSES
 
 DOWNLOADS = {
     "cifar10": "the official cifar-10-python.tar.gz (about 170 MB) from www.cs.toronto.edu",
@@ -66,6 +63,8 @@ def import_(name: str, path: Path, data_dir: Path | None) -> None:
                         .tar/.tar.gz of one; use it with
                         --dataset imagefolder -o imagefolder.name=NAME
     """
+    from .importers import import_dataset
+
     root = resolve_data_dir(data_dir)
     start = time.perf_counter()
     info = import_dataset(root, name, path)
@@ -80,6 +79,9 @@ def import_(name: str, path: Path, data_dir: Path | None) -> None:
 @DATA_DIR_OPTION
 def download(name: str, data_dir: Path | None) -> None:
     """Download NAME with torchvision (needs internet), then import it."""
+    from .datastore import stored_datasets
+    from .importers import read_dataset
+
     root = resolve_data_dir(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     click.echo(f"downloading {DOWNLOADS[name]} ...", err=True)
@@ -117,6 +119,10 @@ def fetch(name: str, tmp: Path) -> Path:
 @DATA_DIR_OPTION
 def list_(data_dir: Path | None) -> None:
     """Show the stored data sets, the built-in ones, and what is missing."""
+    from .datastore import imagefolder_cache, stored_datasets
+    from .importers import find_debian_fashion_mnist
+    from .readers import FASHION_MNIST_CLASSES
+
     root = resolve_data_dir(data_dir)
     click.echo(f"data directory: {root}")
     click.echo(f"{'NAME':16} {'TRAIN':>6} {'TEST':>6}  {'IMAGE':8} {'SIZE':>9}  CLASSES")
