@@ -15,7 +15,7 @@ from torch import nn
 from ptk_plugins.art import strip as art_strip
 from ptk_plugins.art._bridge import numpy_global_seed
 
-from .fixtures import BACKDOOR, load_results, model_row
+from .fixtures import load_results, model_row
 from .plugins.blobs import TinyNet
 
 SHAPE = (3, 8, 8)
@@ -106,10 +106,14 @@ def test_arts_strip_on_a_pytorch_models_logits_cannot_calibrate_which_is_why_ptk
 
 @pytest.mark.slow
 def test_art_strip_catches_a_real_backdoor_and_says_what_it_costs(ptk, tmp_path):
+    """The whole quick preset (its clean model is the session's shared one), a fifth of the images backdoored.
+    Not test_backdoor's 800-image runs: on an AVX2 CPU their 5-epoch clean model reaches only 46% (on the
+    AVX-512 one the numbers were tuned on, far more), and ART's Gaussian threshold on 100 calibration entropies
+    then falls below zero ("Entropy value is negative"), so STRIP rejects nothing. Measured on AVX2: ASR 100% ->
+    7.4%, 92.6% of triggered and 2.9% of clean test images rejected."""
     out = tmp_path / "run"
-    # the same data, recipe and attack as test_backdoor's runs, so the clean and poisoned models come from the cache
-    ptk("run", "--attack", "art-backdoor", "--defense", "art-strip", *BACKDOOR, "-o", "art-strip.n=100",
-        "-o", "art-strip.num_samples=8", "--out", out)
+    ptk("run", "--attack", "art-backdoor", "--defense", "art-strip", "--preset", "quick",
+        "-o", "art-backdoor.fraction=0.2", "-o", "art-strip.n=100", "-o", "art-strip.num_samples=8", "--out", out)
     r = load_results(out)
     poisoned, strip = model_row(r, "poisoned"), model_row(r, "art-strip")
     assert strip["threat_model"] == "target unknown, needs trusted clean data, uses the poisoned model, poison budget unknown"

@@ -253,14 +253,15 @@ def assert_clean_label(r: dict, count: int, epsilon: float) -> None:
 
 
 @pytest.mark.slow
-def test_gradient_matching_raises_the_target_class_probability_of_the_target(ptk, tmp_path):
-    """The defaults on the quick preset, seed 0 (67 of the 134 "7"s, 32 levels): the docs' measured run.
-    The clean model gives the target "1" P(7) = 0.68%, the poisoned one 7.9%; the same count of random
-    +-32 noise instead gave 0.02% to 0.18% (three noise draws), so at this seed retraining alone pushes it
-    down. A single-seed check: over seeds retraining noise is as large as the attack's effect
-    (docs/attacks/art-gradient-matching.md)."""
-    r, clean, poisoned, t = run_rows(ptk, tmp_path / "gm", "art-gradient-matching")
-    assert poisoned["target_probs"][t] > clean["target_probs"][t]
+def test_gradient_matching_aligns_the_poisons_gradient_with_the_targets_on_the_quick_preset(ptk, tmp_path):
+    """The defaults on the quick preset, seed 0 (67 of the 134 "7"s, 32 levels), end to end: clean-label
+    poisons within the budget whose gradient ART aligned with the target's (B score below 0.5).
+
+    Whether the retrained model's P(7) for the target then rises is not asserted: it is a single-seed outcome
+    that depends on the CPU's kernels. On the AVX-512 machine of docs/attacks/art-gradient-matching.md it
+    rose from 0.68% to 7.9%; on an AVX2 machine (same code, same seed) the clean model differs and P(7) went
+    from 0.41% to 0.36%, within the retraining noise the docs measure across seeds."""
+    r, _, _, _ = run_rows(ptk, tmp_path / "gm", "art-gradient-matching")
     assert_clean_label(r, int(0.05 * r["data"]["train_size"]), 32)
     assert r["attack"]["b_score"] < 0.5  # ART aligned the poisons' gradient with the target's
 
