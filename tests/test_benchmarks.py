@@ -63,7 +63,11 @@ def test_study_row_on_the_cpu_trains_both_recipes_and_times_a_whole_run(cifar_da
     row = study.study_row(None, torch.device("cpu"), 512, 200, 8, 1, run_args, None, data_dir=cifar_data_dir)
     recipes = {r["recipe"]: r for r in row["recipes"]}
     assert set(recipes) == {"study", "fast"}
-    assert recipes["fast"]["batch_size"] == 512 and recipes["study"]["lr"] == 1e-4  # the recipes' own settings
+    from ptk.recipe import named_recipe
+
+    fast = named_recipe("fast")
+    assert (recipes["fast"]["batch_size"], recipes["fast"]["lr"]) == (fast.batch_size, fast.lr) == (500, 0.2)
+    assert recipes["study"]["lr"] == 1e-4  # the recipes' own settings
     for r in recipes.values():
         assert r["train_images"] == 512 and r["epochs"] == 1
         assert 0.0 <= r["test_accuracy"] <= 1.0 and r["seconds_per_epoch"] > 0
