@@ -70,7 +70,9 @@ def test_adversarial_label_is_the_prediction_or_the_runner_up():
 @pytest.mark.slow
 def test_influence_prunes_poison_through_the_cli(ptk, tmp_path):
     out = tmp_path / "run"
-    ptk("run", "--defense", "influence", *TINY, "--out", out)
+    # the quick preset's lr 2e-3: at TINY's 3e-3 an AVX2 CPU trains a poisoned model the flip barely moves
+    # (P(7) 0.30; 0.998 at 2e-3), and influence has no attack to trace back (see test_bilevel)
+    ptk("run", "--defense", "influence", *TINY, "--lr", "2e-3", "--out", out)
     r = load_results(out)
     row = model_row(r, "influence")
     poison = set(r["attack"]["poison_indices"])
