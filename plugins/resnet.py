@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import os
 import urllib.error
 from pathlib import Path
@@ -96,7 +97,7 @@ def read_weights(path: str, size: int, mtime: float) -> tuple[dict[str, torch.Te
     """``(state dict, sha256)`` of a weights file, read once per file version (every model of a run builds)."""
     raw = Path(path).read_bytes()
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)  # the bytes just hashed
     except Exception as exc:
         raise UsageError(f"-o resnet18.weights={path}: not a state-dict file torch can read safely "
                          f"({type(exc).__name__}: {str(exc)[:200]})") from None

@@ -14,7 +14,14 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parents[1]
+#: The project's pyproject.toml, parsed: its name, version source and entry points, as tests check them
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 #: Small real run: 800 digits, narrow ResNet-18, 5 epochs; the label flip succeeds

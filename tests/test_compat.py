@@ -4,19 +4,11 @@ ids for the same settings (so a grid rerun skips finished cells), and a sweep st
 from __future__ import annotations
 
 import shutil
-import sys
 
 from ptk.config import PRESETS, ExperimentConfig, merge
 from ptk.sweep import cell_id
 
-from .fixtures import ROOT
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+from .fixtures import PYPROJECT, ROOT
 
 #: The entry points and plugins of ptk 0.1.0 (as `ptk plugins --json` listed them, commit 0189f1f)
 ENTRY_POINTS_0_1_0 = {"resnet18", "digits", "labelflip", "ensemble", "image-datasets", "loss-outliers", "influence",

@@ -24,11 +24,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from .fixtures import ROOT, make_venv, pip_install
+from .fixtures import PYPROJECT, ROOT, make_venv, pip_install
 
 pytestmark = pytest.mark.slow  # every test here builds or installs the wheel
 
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 BUILTIN_ENTRY_POINTS = PYPROJECT["project"]["entry-points"]["ptk"]
 #: Harmless build chatter: byte-compilation is off when PYTHONDONTWRITEBYTECODE is set.
 BENIGN = ("byte-compiling is disabled",)

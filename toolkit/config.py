@@ -46,14 +46,9 @@ class ExperimentConfig:
         """Every ExperimentConfig that exists is valid: built from a --config file, flags, a grid cell, a
         recorded results.json or Python, it is checked here once, and passed on as itself from then on."""
         values = self.to_dict()
-        hints = typing.get_type_hints(type(self))
-        for key, value in values.items():
-            problem = type_problem(value, hints[key])
-            if problem:
-                raise UsageError(f"key {key!r} {problem}, got {short(value)}")
-        for plugin, opts in self.options.items():
-            if not isinstance(opts, dict):
-                raise UsageError(f"options.{plugin} must be a table of option = value, got {short(opts)}")
+        problem = type(self).value_types_problem(values)
+        if problem:
+            raise UsageError(problem)
         if self.target_choice not in ("hardest", "random"):
             raise UsageError(f"target_choice must be hardest or random, got {short(self.target_choice)}")
         for key in BOUNDS:
@@ -79,15 +74,24 @@ class ExperimentConfig:
         """``raw`` normalised (see :meth:`normalised`), each value's type checked: for the settings of a file
         before they are merged with flags or a grid, so a bad one names its file."""
         values = cls.normalised(raw, where)
+        problem = cls.value_types_problem(values)
+        if problem:
+            raise UsageError(f"{where}: {problem}")
+        return values
+
+    @classmethod
+    def value_types_problem(cls, values: dict[str, Any]) -> str | None:
+        """The first value of ``values`` (known keys only) whose type does not fit its field, as a message."""
         hints = typing.get_type_hints(cls)
         for key, value in values.items():
             problem = type_problem(value, hints[key])
             if problem:
-                raise UsageError(f"{where}: key {key!r} {problem}, got {short(value)}")
-        for plugin, opts in values.get("options", {}).items():
+                return f"key {key!r} {problem}, got {short(value)}"
+        options = values.get("options", {})
+        for plugin, opts in (options.items() if isinstance(options, dict) else ()):
             if not isinstance(opts, dict):
-                raise UsageError(f"{where}: options.{plugin} must be a table of option = value, got {short(opts)}")
-        return values
+                return f"options.{plugin} must be a table of option = value, got {short(opts)}"
+        return None
 
     @classmethod
     def normalised(cls, raw: dict[str, Any], where: str = "config") -> dict[str, Any]:

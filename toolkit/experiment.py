@@ -248,6 +248,16 @@ def json_problem(details: Any) -> str | None:
     return None
 
 
+def tensor_fields_problem(value: Any, required: tuple[str, ...], optional: tuple[str, ...]) -> str | None:
+    """The first field of ``value`` that should be a tensor (``optional`` ones: or None) and is not."""
+    for name in required + optional:
+        field_value = getattr(value, name)
+        if not isinstance(field_value, torch.Tensor) and not (name in optional and field_value is None):
+            allowed = "a torch.Tensor or None" if name in optional else "a torch.Tensor"
+            return f"{type(value).__name__}.{name} must be {allowed}, got {type(field_value).__name__}"
+    return None
+
+
 def checked_poisoning(entry: Entry, poisoning: Any) -> Poisoning:
     """An attack's return value, checked at the boundary: a wrong type or field is the attack's bug, named."""
     def bad(problem: str) -> PluginError:
@@ -256,11 +266,9 @@ def checked_poisoning(entry: Entry, poisoning: Any) -> Poisoning:
     if not isinstance(poisoning, Poisoning):
         raise bad(f"returned {type(poisoning).__name__}; poison() must return a ptk.Poisoning(y_train=..., "
                   "poison_indices=...)")
-    for name in ("y_train", "poison_indices"):
-        if not isinstance(getattr(poisoning, name), torch.Tensor):
-            raise bad(f"Poisoning.{name} must be a torch.Tensor, got {type(getattr(poisoning, name)).__name__}")
-    if poisoning.x_train is not None and not isinstance(poisoning.x_train, torch.Tensor):
-        raise bad(f"Poisoning.x_train must be a torch.Tensor or None, got {type(poisoning.x_train).__name__}")
+    problem = tensor_fields_problem(poisoning, ("y_train", "poison_indices"), ("x_train",))
+    if problem:
+        raise bad(problem)
     problem = json_problem(poisoning.details)
     if problem:
         raise bad(f"Poisoning.{problem}")
@@ -277,10 +285,9 @@ def checked_defense_result(entry: Entry, out: Any) -> DefenseResult:
     if not isinstance(out.predictor, (torch.nn.Module, Predictor)):
         raise bad(f"DefenseResult.predictor must be a trained nn.Module or a ptk.Predictor, got "
                   f"{type(out.predictor).__name__}")
-    for name in ("removed_indices", "sample_weights", "scores"):
-        value = getattr(out, name)
-        if value is not None and not isinstance(value, torch.Tensor):
-            raise bad(f"DefenseResult.{name} must be a torch.Tensor or None, got {type(value).__name__}")
+    problem = tensor_fields_problem(out, (), ("removed_indices", "sample_weights", "scores"))
+    if problem:
+        raise bad(problem)
     if out.rejects is not None and not callable(out.rejects):
         raise bad(f"DefenseResult.rejects must be callable (uint8 images -> bool per image), got "
                   f"{type(out.rejects).__name__}")

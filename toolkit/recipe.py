@@ -92,7 +92,7 @@ class Recipe:
     ema: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.name not in RECIPES and self.name != "custom":
+        if self.name not in RECIPES:
             raise UsageError(f"unknown recipe {self.name!r}; recipes are: {', '.join(RECIPES)} (ptk recipes)")
         for key, spec in FIELDS.items():
             problem = field_problem(key, getattr(self, key), spec)

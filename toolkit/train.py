@@ -94,13 +94,15 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.d
     draws = [draw_crop_flip(b, gen, aug.pad) for b in sizes]  # batch by batch: the per-batch stream, unchanged
     offsets, flips = torch.cat([o for o, _ in draws], 1), torch.cat([f for _, f in draws])
     flips = flips if aug.flip else torch.zeros_like(flips)
-    corners = draw_cutout(kept, gen, aug.cutout, *image_size) if aug.cutout else torch.zeros(2, kept, dtype=torch.long)
-    packed = torch.cat([order[:kept], offsets.flatten(), flips.long(), corners.flatten()]).to(device)  # one copy
-    idx, offsets = packed[:kept], packed[kept : 3 * kept].view(2, kept)
-    flips, corners = packed[3 * kept : 4 * kept].bool(), packed[4 * kept :].view(2, kept)
+    parts = [order[:kept], offsets.flatten(), flips.long()]
+    if aug.cutout:
+        parts.append(draw_cutout(kept, gen, aug.cutout, *image_size).flatten())
+    packed = torch.cat(parts).to(device)  # the epoch's one copy
+    idx, offsets, flips = packed[:kept], packed[kept : 3 * kept].view(2, kept), packed[3 * kept : 4 * kept].bool()
+    corners = packed[4 * kept :].view(2, kept).split(sizes, 1) if aug.cutout else [None] * len(sizes)
     settings = dict(pad=aug.pad, pad_mode=aug.pad_mode, cutout=aug.cutout)
-    return [Batch(i, o, f, c if aug.cutout else None, **settings)
-            for i, o, f, c in zip(idx.split(sizes), offsets.split(sizes, 1), flips.split(sizes), corners.split(sizes, 1))]
+    return [Batch(i, o, f, c, **settings)
+            for i, o, f, c in zip(idx.split(sizes), offsets.split(sizes, 1), flips.split(sizes), corners)]
 
 
 def training_batch(x: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -162,13 +164,11 @@ def train_model(
             if sched is not None:
                 sched.step()
             if average is not None:
-                with torch.no_grad():
-                    for a, p in zip(average, params):
-                        a.lerp_(p.detach(), 1 - recipe.ema)
+                with torch.no_grad():  # one fused update for all parameters, not a Python loop per step
+                    torch._foreach_lerp_(average, params, 1 - recipe.ema)
     if average is not None:  # the averaged weights replace the last ones (BatchNorm statistics are the last)
         with torch.no_grad():
-            for a, p in zip(average, params):
-                p.copy_(a)
+            torch._foreach_copy_(params, average)
     model.eval()
     return model
 
