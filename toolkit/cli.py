@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .version import __version__
+from .cli_bench import bench as bench_commands
 from .cli_data import data as data_commands
 from .cli_sweep import sweep as sweep_commands
 from .config import PRESETS, ExperimentConfig, load_toml, merge
@@ -301,3 +302,4 @@ def main() -> None:
 
 cli.add_command(data_commands)
 cli.add_command(sweep_commands)
+cli.add_command(bench_commands)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -23,74 +24,105 @@ def open_store(db: Path):
     return SweepStore(db)
 
 
-@sweep.command("run")
-@click.argument("grid_file", type=click.Path(path_type=Path))
-@click.option("--db", type=click.Path(path_type=Path), help="record store (default runs/<grid name>/sweep.db)")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: cells one after another in this process, sharing the model cache; "
-                   "ray: each cell a Ray task (pip install 'ptk-poison[ray]')")
-@click.option("--ray-address", help="Ray cluster to join (or $RAY_ADDRESS); default: a local cluster on this machine")
-@click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="ray: CPUs each cell asks for (also its torch thread count)")
-@click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=None,
-              help="ray: GPUs each cell asks for; fractions pack cells on one GPU (0.25: four per GPU). "
-                   "Default: 1 where the cluster has GPUs, else 0")
-@click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
-              help="ray: times a cell is rerun when its worker dies (an exception in the cell is not retried)")
-@click.option("--data-dir", type=click.Path(path_type=Path), help="ptk data directory (or $PTK_DATA_DIR)")
-@click.option("--cache-dir", type=click.Path(path_type=Path), help="model cache directory (or $PTK_CACHE_DIR)")
-@click.option("--max-cells", type=click.IntRange(min=1), default=10_000, show_default=True,
-              help="refuse a grid of more cells than this (counted before it is expanded)")
-@click.option("-v", "--verbose", is_flag=True, help="show every model's training progress, not only the cells'")
-def run_sweep(grid_file: Path, db: Path | None, executor: str, ray_address: str | None, cpus_per_cell: float,
-              gpus_per_cell: float | None, max_retries: int, data_dir: Path | None, cache_dir: Path | None,
-              max_cells: int, verbose: bool) -> None:
-    """Run every cell of GRID_FILE not yet finished in the store; rerun to resume.
+def executor_options(command):
+    """The options of every command that runs cells (``ptk sweep run``, ``ptk bench run``)."""
+    for option in reversed([
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="local: cells one after another in this process, sharing the model cache; "
+                          "ray: each cell a Ray task (pip install 'ptk-poison[ray]')"),
+        click.option("--ray-address", help="Ray cluster to join (or $RAY_ADDRESS); default: a local cluster on "
+                                           "this machine"),
+        click.option("--cpus-per-cell", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                     help="ray: CPUs each cell asks for (also its torch thread count)"),
+        click.option("--gpus-per-cell", type=click.FloatRange(min=0), default=None,
+                     help="ray: GPUs each cell asks for; fractions pack cells on one GPU (0.25: four per GPU). "
+                          "Default: 1 where the cluster has GPUs, else 0"),
+        click.option("--max-retries", type=click.IntRange(min=0), default=2, show_default=True,
+                     help="ray: times a cell is rerun when its worker dies (an exception in the cell is not "
+                          "retried)"),
+        click.option("--data-dir", type=click.Path(path_type=Path), help="ptk data directory (or $PTK_DATA_DIR)"),
+        click.option("--cache-dir", type=click.Path(path_type=Path), help="model cache directory (or $PTK_CACHE_DIR)"),
+        click.option("-v", "--verbose", is_flag=True, help="show every model's training progress, not only the "
+                                                           "cells'"),
+    ]):
+        command = option(command)
+    return command
 
-    GRID_FILE is a --config TOML file plus a [grid] table of lists, e.g.
-    [grid] seed = [0, 1], targets = 5, "labelflip.budget" = [10, 50].
-    """
-    from .config import PRESETS
+
+@dataclass
+class Execution:
+    """Where and how a command's cells run: the executor options as one value."""
+
+    executor: str = "local"
+    ray_address: str | None = None
+    cpus_per_cell: float = 1.0
+    gpus_per_cell: float | None = None
+    max_retries: int = 2
+    data_dir: Path | None = None
+    cache_dir: Path | None = None
+    verbose: bool = False
+
+
+def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto", registry=None) -> dict[str, int]:
+    """Check every cell, record them in the store ``db``, run the unfinished ones, print the rates; the
+    counts (complete, failed, skipped). Shared by ``ptk sweep run`` and ``ptk bench run``."""
     from .executors import RaySettings, Recorder, device_label, run_local, run_ray
     from .paths import cache_dir as resolve_cache
-    from .rates import success_rates
-    from .sweep_report import rates_table
-    from .registry import load_registry
-    from .sweepstore import SweepStore
-    from .sweep import check_cells, expand, read_grid
     from .progress import inner_progress
+    from .rates import success_rates
+    from .registry import load_registry
+    from .sweep import check_cells
+    from .sweep_report import rates_table
+    from .sweepstore import SweepStore
 
-    if not grid_file.exists():
-        raise UsageError(f"grid file {grid_file} does not exist")
-    base, grid = read_grid(grid_file, PRESETS)
-    cells = expand(base, grid, str(grid_file), max_cells)
-    if executor == "ray" and importlib.util.find_spec("ray") is None:  # refused before a store is created
+    if run.executor == "ray" and importlib.util.find_spec("ray") is None:  # refused before a store is created
         raise UsageError("--executor ray needs Ray: pip install 'ptk-poison[ray]'")
-    registry = load_registry()
-    check_cells(cells, registry, data_dir)
-    db = db or Path("runs") / grid_file.stem / "sweep.db"
+    registry = registry or load_registry()
+    check_cells(cells, registry, run.data_dir)
     # resolved here, so a Ray worker on another node gets the driver's paths (on a shared filesystem)
-    cache_root = resolve_cache(cache_dir)
+    cache_root = resolve_cache(run.cache_dir)
     store = SweepStore(db)
     try:
         for cell in cells:
             store.add_cell(cell.id, cell.config.to_dict(), cell.values)
         done = store.status()
         todo = [c for c in cells if done.get(c.id) != "complete"]
-        click.echo(f"sweep {grid_file}: {len(cells)} cells ({len(todo)} to run) into {db}, executor {executor}",
-                   err=True)
+        click.echo(f"{title}: {len(cells)} cells ({len(todo)} to run) into {db}, executor {run.executor}", err=True)
         recorder = Recorder(store, db.parent / "cells", len(todo), len(cells) - len(todo),
                             lambda line: click.echo(line, err=True))
-        with inner_progress(verbose):
-            if executor == "ray":
-                run_ray(todo, recorder, RaySettings(ray_address, cpus_per_cell, gpus_per_cell, max_retries, verbose),
-                        data_dir, cache_root)
+        with inner_progress(run.verbose):
+            if run.executor == "ray":
+                run_ray(todo, recorder, RaySettings(run.ray_address, run.cpus_per_cell, run.gpus_per_cell,
+                                                    run.max_retries, run.verbose), run.data_dir, cache_root)
             else:
-                run_local(todo, recorder, registry, data_dir, cache_root, device_label(base.get("device", "auto")))
+                run_local(todo, recorder, registry, run.data_dir, cache_root, device_label(device))
         click.echo(rates_table(success_rates(store.models())))
     finally:
         store.close()
-    counts = recorder.counts
+    return recorder.counts
+
+
+@sweep.command("run")
+@click.argument("grid_file", type=click.Path(path_type=Path))
+@click.option("--db", type=click.Path(path_type=Path), help="record store (default runs/<grid name>/sweep.db)")
+@click.option("--max-cells", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="refuse a grid of more cells than this (counted before it is expanded)")
+@executor_options
+def run_sweep(grid_file: Path, db: Path | None, max_cells: int, **execution) -> None:
+    """Run every cell of GRID_FILE not yet finished in the store; rerun to resume.
+
+    GRID_FILE is a --config TOML file plus a [grid] table of lists, e.g.
+    [grid] seed = [0, 1], targets = 5, "labelflip.budget" = [10, 50].
+    """
+    from .config import PRESETS
+    from .sweep import expand, read_grid
+
+    if not grid_file.exists():
+        raise UsageError(f"grid file {grid_file} does not exist")
+    base, grid = read_grid(grid_file, PRESETS)
+    cells = expand(base, grid, str(grid_file), max_cells)
+    db = db or Path("runs") / grid_file.stem / "sweep.db"
+    counts = drive(cells, db, Execution(**execution), f"sweep {grid_file}", base.get("device", "auto"))
     click.echo(f"\n{counts['complete']} complete, {counts['failed']} failed, {counts['skipped']} already done; "
                f"store: {db}; `ptk sweep report {db}` writes the report and plots")
     if counts["failed"]:

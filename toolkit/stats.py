@@ -31,3 +31,29 @@ def t_interval(values: list[float]) -> tuple[float, float] | None:
 
 def mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
+
+
+def mcnemar_exact(a_only: int, b_only: int) -> float:
+    """Two-sided exact McNemar test of paired binary outcomes: ``a_only`` cells where only A succeeded,
+    ``b_only`` where only B did (cells where both or neither did carry no information about the difference).
+    Under "A and B succeed equally often" each discordant cell is a fair coin, so the p-value is twice the
+    binomial tail of the smaller count, capped at 1; exact, so it stays valid at the few discordant cells a
+    poisoning benchmark has (the chi-square form needs about 25)."""
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment: each p-value made valid for the whole family of comparisons (family-wise
+    error at most alpha when the adjusted p < alpha), uniformly more powerful than Bonferroni. In input order."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))  # monotone: never below an earlier one
+        adjusted[i] = running
+    return adjusted

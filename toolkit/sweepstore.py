@@ -61,6 +61,10 @@ CREATE TABLE IF NOT EXISTS models (
     row TEXT NOT NULL,             -- the model's whole results.json entry, as JSON
     PRIMARY KEY (cell_id, name)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,          -- what the store holds: `suite` (a bench store's suite and version)
+    value TEXT NOT NULL
+);
 """
 
 
@@ -87,6 +91,13 @@ class SweepStore:
         for name, sql_type in ADDED_MODEL_COLUMNS.items():
             if name not in have:
                 self.db.execute(f"ALTER TABLE models ADD COLUMN {name} {sql_type}")
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
 
     def close(self) -> None:
         self.db.close()
@@ -153,7 +164,8 @@ class SweepStore:
 
     def models(self) -> Iterator[dict[str, Any]]:
         """Every model row of finished cells, with the cell's grid values (for reports)."""
-        cur = self.db.execute("SELECT m.*, c.grid_values, c.config FROM models m JOIN cells c USING (cell_id) "
+        cur = self.db.execute("SELECT m.*, c.grid_values, c.config, c.device AS cell_device, c.versions AS "
+                              "cell_versions FROM models m JOIN cells c USING (cell_id) "
                               "WHERE c.status IN ('complete', 'failed')")
         names = [d[0] for d in cur.description]
         for values in cur:
