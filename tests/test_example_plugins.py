@@ -153,3 +153,25 @@ def test_installed_plugins_are_listed_and_run_from_the_console_script(example_ve
     report = (out / "report.md").read_text()
     assert "attack: random-flip" in report and "| spectral-signatures |" in report
     assert f"random-flip ({DIST} 0.1.0)" in report and f"spectral-signatures ({DIST} 0.1.0)" in report
+
+
+@pytest.mark.slow
+def test_a_pip_installed_defense_joins_the_bench_leaderboard(example_venv, cache_dir, data_dir, tmp_path, registry):
+    """`ptk bench run SUITE --defense <a third party's defense>` from the console script of an environment
+    where only the wheels were installed: the shipped suites are in ptk's wheel, and the third party's
+    defense is scored on the suite's cells beside the undefended model."""
+    env = {**os.environ, "PTK_CACHE_DIR": str(cache_dir), "PTK_DATA_DIR": str(data_dir)}
+    listing = subprocess.run([example_venv, "bench", "list"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert listing.returncode == 0 and "quick (version 1" in listing.stdout, listing.stdout + listing.stderr
+    suite = ROOT / "tests" / "data" / "tiny-suite.toml"
+    db = tmp_path / "bench.db"
+    run = subprocess.run([example_venv, "bench", "run", str(suite), "--defense", "spectral-signatures", "--db", str(db)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = subprocess.run([example_venv, "bench", "report", str(db)], capture_output=True, text=True, env=env,
+                            cwd=tmp_path)
+    assert report.returncode == 0, report.stdout + report.stderr
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    rows = {(r["attack"], r["model"]) for r in board["rows"]}
+    assert rows == {(a, m) for a in ("labelflip-30", "art-backdoor") for m in ("poisoned", "spectral-signatures")}
+    assert all(r["n"] == (2 if r["attack"] == "labelflip-30" else 1) for r in board["rows"])
