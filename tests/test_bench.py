@@ -185,3 +185,43 @@ def test_bench_run_scores_defenses_on_shared_cells_and_reports(ptk, tmp_path):
     assert all(0 <= p["p_holm"] <= 1 and p["p_holm"] >= p["p"] for p in board["pairs"])
     assert "labelflip-30" in report.output and (db.parent / "leaderboard.md").exists()
     assert math.isclose(sum(len(c["models"]) >= 4 for c in board["cells"]), 3)
+
+
+def test_a_store_is_never_made_inside_a_file_ptk_did_not_make(ptk, tmp_path):
+    import sqlite3
+
+    foreign = tmp_path / "notes.sqlite"
+    con = sqlite3.connect(foreign)
+    con.execute("CREATE TABLE notes (text TEXT)")
+    con.commit()
+    con.close()
+    before = foreign.read_bytes()
+    grid = tmp_path / "grid.toml"
+    grid.write_text('preset = "quick"\ndefenses = ["loss-outliers"]\n[grid]\nseed = [0]\n')
+    for args in (["sweep", "run", str(grid), "--db", str(foreign)], ["sweep", "status", str(foreign)],
+                 ["sweep", "report", str(foreign)], ["bench", "run", str(TINY_SUITE), "--defense", "loss-outliers",
+                                                     "--db", str(foreign)]):
+        out = ptk(*args, expect=2).output
+        assert "ptk did not make" in out and "notes" in out, out
+    assert foreign.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["grid.toml", "notes.sqlite"]
+
+    text = tmp_path / "results.txt"
+    text.write_text("not a database\n" * 100)
+    out = ptk("sweep", "status", str(text), expect=2).output
+    assert "file is not a database" in out and len(out.strip().splitlines()) == 1
+    assert text.read_text() == "not a database\n" * 100
+    assert "is a directory" in ptk("sweep", "run", str(grid), "--db", str(tmp_path), expect=2).output
+
+
+def test_reading_a_store_changes_nothing_on_disk(ptk, tmp_path):
+    db = tmp_path / "s" / "sweep.db"
+    store = SweepStore(db)
+    store.add_cell("c1", {"seed": 0}, {"seed": 0})
+    store.close()
+    (db.parent / "sweep.db-wal").unlink(missing_ok=True)
+    files = {p.name: p.read_bytes() for p in db.parent.iterdir()}
+    ptk("sweep", "status", str(db))
+    after = {p.name: p.read_bytes() for p in db.parent.iterdir() if not p.name.endswith(("-shm", "-wal"))}
+    assert after == files
+    with pytest.raises(Exception):
+        SweepStore(db, readonly=True).add_cell("c2", {}, {})  # a read-only connection cannot write

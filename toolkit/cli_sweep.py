@@ -17,11 +17,12 @@ def sweep() -> None:
 
 
 def open_store(db: Path):
+    """A store to read (status, reports): opened read-only, so reading changes nothing on disk."""
     from .sweepstore import SweepStore
 
     if not db.exists():
         raise UsageError(f"record store {db} does not exist; `ptk sweep run GRID.toml` makes one")
-    return SweepStore(db)
+    return SweepStore(db, readonly=True)
 
 
 def executor_options(command):

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from .errors import UsageError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
     cell_id TEXT PRIMARY KEY,
@@ -68,6 +70,10 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+#: ``PRAGMA application_id`` of a ptk store ("ptkS"): how ptk knows a SQLite file is its own.
+APPLICATION_ID = 0x70746B53
+
+
 def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
@@ -75,14 +81,51 @@ def now() -> str:
 class SweepStore:
     """A sweep's SQLite file. Writes happen in short transactions, one per state change of a cell."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, readonly: bool = False) -> None:
+        """Open (or, unless ``readonly``, create) the store at ``path``. ptk writes only into files it made:
+        a new or empty file becomes a store (stamped with ptk's SQLite application id); an existing one must be
+        a ptk store (the id, or the tables of a store made before the id existed); anything else is refused
+        untouched. ``readonly`` (``sweep status``, ``sweep report``, ``bench report``) changes nothing on disk."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
-        self.add_missing_columns()
+        if self.path.is_dir():
+            raise UsageError(f"record store {self.path} is a directory; give a file path, e.g. {self.path / 'sweep.db'}")
+        fresh = not self.path.exists() or self.path.stat().st_size == 0
+        if readonly and fresh:
+            raise UsageError(f"record store {self.path} does not exist (or is empty); `ptk sweep run` makes one")
+        try:
+            if readonly:
+                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
+                                          isolation_level=None)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.check_owner(fresh)
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")
+                self.db.executescript(SCHEMA)
+                if fresh:
+                    self.db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                self.add_missing_columns()
+        except sqlite3.DatabaseError as exc:
+            if hasattr(self, "db"):
+                self.db.close()
+            raise UsageError(f"record store {self.path}: {exc} (is it a file ptk made? give another --db)") from None
+        except OSError as exc:
+            raise UsageError(f"record store {self.path}: {exc.strerror or exc}") from None
+
+    def check_owner(self, fresh: bool) -> None:
+        """Refuse a SQLite file some other program made (the store would add tables to it)."""
+        if fresh:
+            return
+        app = self.db.execute("PRAGMA application_id").fetchone()[0]  # raises DatabaseError for a non-SQLite file
+        if app == APPLICATION_ID:
+            return
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if app == 0 and {"cells", "models"} <= tables:
+            return  # a store made before ptk stamped its id (ptk 0.1.0)
+        raise UsageError(f"{self.path} is a SQLite file ptk did not make (tables: {', '.join(sorted(tables)) or 'none'}); "
+                         "ptk writes only its own stores: give another --db")
 
     def add_missing_columns(self) -> None:
         """A store made by an older ptk lacks the columns added since (``backdoor_asr``, ``rejected_*``): add them, empty, so
@@ -93,7 +136,10 @@ class SweepStore:
                 self.db.execute(f"ALTER TABLE models ADD COLUMN {name} {sql_type}")
 
     def meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        except sqlite3.OperationalError:  # a store from before the meta table, opened read-only
+            return None
         return row[0] if row else None
 
     def set_meta(self, key: str, value: str) -> None:
