@@ -364,8 +364,10 @@ def leaderboard_row(row: dict[str, Any], cells: list[dict[str, Any]], cost_axis:
     the attack's cells for this model as the drill-down."""
     n, wins, rate = row.get("n"), row.get("successes"), row.get("rate")
     lo, hi = row.get("ci_low"), row.get("ci_high")
-    rate_text = "-" if rate is None else (f"{wins}/{n} = {rate:.0%}" if n is not None and wins is not None
-                                         else f"{rate:.0%}") + ("" if lo is None else f" ({lo:.0%}-{hi:.0%})")
+    # a success rate shows its count; a mean (backdoor ASR over cells) does not add up to one
+    counted = rate is not None and bool(n) and wins is not None and abs(wins / n - rate) < 5e-4
+    rate_text = "-" if rate is None else (f"{wins}/{n} = {rate:.0%}" if counted else f"{rate:.0%}, n={n}") \
+        + ("" if lo is None else f" ({lo:.0%}-{hi:.0%})")
     cost, cost_ci = row.get("acc_cost"), row.get("acc_cost_ci") or (None, None)
     cost_text = pct(cost) + (f" ({pct(cost_ci[0])} to {pct(cost_ci[1])})" if cost_ci[0] is not None else "")
     auroc, seconds = row.get("auroc"), row.get("seconds")
@@ -377,7 +379,7 @@ def leaderboard_row(row: dict[str, Any], cells: list[dict[str, Any]], cost_axis:
         cell(rate_text, rate, interval_bar(rate, lo, hi)),
         cell(cost_text, cost, interval_bar(cost, *cost_ci, *cost_axis)),
         cell("-" if auroc is None else f"{auroc:.3f}"), cell("-" if seconds is None else f"{seconds:.1f}"),
-        cell(", ".join(row.get("machines") or []) or "-"),
+        cell(", ".join(row.get("machines") or []) or "-", cls="wrap"),
     ], keyed_table(f"bench-cells-{index}", "cells", mine) if mine else None)
 
 
