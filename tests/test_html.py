@@ -23,7 +23,7 @@ import torch
 
 from ptk.data import Dataset
 from ptk.evaluate import suspicion_auroc, suspicion_roc
-from ptk.html import (RunImages, Thumb, bench_page, run_page, sort_value, write_bench_html, write_run_html)
+from ptk.html import bench_page, run_page, sort_value, write_bench_html, write_run_html
 from ptk.types import Poisoning, Target, Trigger
 
 from .fixtures import load_results

@@ -164,7 +164,7 @@ def inline_svg(fig) -> Any:
     return Markup(svg_text(fig))
 
 
-def keyed_table(table_id: str, title: str, rows: Sequence[dict[str, Any]]) -> Table:
+def keyed_table(table_id: str, rows: Sequence[dict[str, Any]]) -> Table:
     """A plain table of dicts (one column per key, in first-seen order): a drill-down's cells."""
     keys: list[str] = []
     for r in rows:
@@ -215,7 +215,7 @@ def model_detail(m: dict[str, Any]) -> Table | None:
             "removed_indices", "removed_count", "removal_precision", "removal_recall", "suspicion_auroc",
             "suspicion_roc", "train_seconds", "rejected_clean", "rejected_triggered"}
     extra = [{"field": k, "value": show(v)} for k, v in m.items() if k not in skip]
-    return keyed_table(f"detail-{m['name']}", m["name"], extra) if extra else None
+    return keyed_table(f"detail-{m['name']}", extra) if extra else None
 
 
 def run_table(results: dict[str, Any]) -> Table:
@@ -331,7 +331,7 @@ def rate_row(r: Rate, cols: list[str], cells_by_group: dict[tuple[str, str], lis
                                          interval_bar(drop, *drop_ci, *drop_axis))}
     key = (json.dumps(r.setting, sort_keys=True), r.model)
     members = cells_by_group.get(key, [])
-    detail = keyed_table(f"cells-{index}", f"{r.model} cells", members) if members else None
+    detail = keyed_table(f"cells-{index}", members) if members else None
     return Row([special.get(c) or cell(text) for c, text in zip(cols, texts)], detail)
 
 
@@ -380,7 +380,7 @@ def leaderboard_row(row: dict[str, Any], cells: list[dict[str, Any]], cost_axis:
         cell(cost_text, cost, interval_bar(cost, *cost_ci, *cost_axis)),
         cell("-" if auroc is None else f"{auroc:.3f}"), cell("-" if seconds is None else f"{seconds:.1f}"),
         cell(", ".join(row.get("machines") or []) or "-", cls="wrap"),
-    ], keyed_table(f"bench-cells-{index}", "cells", mine) if mine else None)
+    ], keyed_table(f"bench-cells-{index}", mine) if mine else None)
 
 
 LEADERBOARD_HEAD = ["attack", "model", "metric", "rank", "rate (95% CI)", "accuracy cost (95% CI)", "AUROC",
