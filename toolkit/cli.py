@@ -127,6 +127,7 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
     import torch
 
     from .experiment import run_experiment
+    from .html import write_run_html
     from .report import text_table, write_report, write_results
 
     out = out or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
@@ -140,17 +141,20 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
             f.write(f"--- defense {name} ---\n{tb}\n")
         click.echo(f"defense {name} failed: {tb.strip().splitlines()[-1]} (traceback in {errors_log})", err=True)
 
+    images = []  # the pixels report.html shows, handed over once the attack has run
     try:
         results = run_experiment(config, registry, save=lambda r: write_results(out, r), data_root=data_dir,
-                                 cache_root=cache_dir, use_cache=not no_cache, on_error=on_error)
+                                 cache_root=cache_dir, use_cache=not no_cache, on_error=on_error,
+                                 on_images=images.append)
     except Exception as exc:
         if isinstance(exc, torch.OutOfMemoryError):
             fail("the GPU ran out of memory; lower --batch-size (or --subset) and run again", 1)
         raise
     write_report(out, results)
+    page = write_run_html(out, results, images[-1] if images else None)
     click.echo(text_table(results))
     charts = ", ".join(str(out / n) for n in ("target_probs.png", "backdoor_asr.png") if (out / n).exists())
-    click.echo(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {charts}")
+    click.echo(f"\nwrote {out / 'results.json'}, {out / 'report.md'}, {page}, {charts}")
     if results["status"] != "complete":
         fail(f"{len([m for m in results['models'] if m.get('failed')])} defense(s) failed; see {errors_log}", 1)
 

@@ -133,21 +133,25 @@ def run_sweep(grid_file: Path, db: Path | None, max_cells: int, **execution) -> 
 @sweep.command("report")
 @click.argument("db", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="folder for report.md, rates.csv, rates.json and the plots (default: the store's folder)")
+              help="folder for report.md, report.html, rates.csv, rates.json and the plots (default: the store's folder)")
 def report(db: Path, out: Path | None) -> None:
     """Attack success rate (95% Wilson interval), accuracy and its drop, removal quality and cost per
-    setting and model; writes report.md, rates.csv, rates.json and two plots."""
+    setting and model; writes report.md, report.html (one self-contained page: sortable, each row expanding to
+    its cells), rates.csv, rates.json and two plots."""
+    from .html import write_sweep_html
     from .rates import success_rates
     from .sweep_report import rates_table, write_sweep_report
 
     store = open_store(db)
     try:
-        rates, counts = success_rates(store.models()), store.counts()
+        rows = list(store.models())
+        rates, counts = success_rates(rows), store.counts()
     finally:
         store.close()
     out = out or db.parent
     out.mkdir(parents=True, exist_ok=True)
     written = write_sweep_report(out, rates, counts)
+    written.insert(1, write_sweep_html(out, rates, counts, rows))
     click.echo(rates_table(rates))
     click.echo("\nwrote " + ", ".join(str(p) for p in written))
 

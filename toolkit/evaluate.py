@@ -129,7 +129,7 @@ def defense_row(name: str, out: DefenseResult, data: Dataset, target: Target, po
         scores = -out.sample_weights  # a reweighting defense suspects what it down-weights
     if scores is not None and len(scores) != n_train:
         raise ValueError(f"scores has {len(scores)} entries for {n_train} training samples")
-    suspicion = None if scores is None else Suspicion(suspicion_auroc(scores, poison))
+    suspicion = None if scores is None else suspicion_of(scores, poison)
     weights = None if out.sample_weights is None else weight_means(out.sample_weights, poison)
     vote = None
     if isinstance(out.predictor, EnsemblePredictor):
@@ -149,11 +149,44 @@ def suspicion_auroc(scores: torch.Tensor, poison: torch.Tensor) -> float | None:
     """
     from sklearn.metrics import roc_auc_score
 
-    mask = torch.zeros(len(scores), dtype=torch.bool)
-    mask[poison.cpu().long()] = True
+    mask = poison_mask(len(scores), poison)
     if mask.all() or not mask.any():
         return None
     return round(float(roc_auc_score(mask.numpy(), scores.detach().double().cpu().numpy())), 6)
+
+
+#: At most this many points of a defense's ROC curve go into results.json: enough to draw, small to store.
+ROC_POINTS = 101
+
+
+def suspicion_roc(scores: torch.Tensor, poison: torch.Tensor, points: int = ROC_POINTS) -> dict[str, list[float]] | None:
+    """The ROC curve of suspicion ``scores`` against the true poison (None when either group is empty): its
+    corners (scikit-learn's, collinear ones dropped), thinned evenly to at most ``points`` while keeping the
+    first (0, 0) and last (1, 1), and rounded to 4 digits. A plot needs no more, and results.json stays small
+    whatever the training set's size."""
+    import numpy as np
+    from sklearn.metrics import roc_curve
+
+    mask = poison_mask(len(scores), poison)
+    if mask.all() or not mask.any():
+        return None
+    fpr, tpr, _ = roc_curve(mask.numpy(), scores.detach().double().cpu().numpy())
+    if len(fpr) > points:
+        keep = np.unique(np.linspace(0, len(fpr) - 1, points).round().astype(int))
+        fpr, tpr = fpr[keep], tpr[keep]
+    return {"fpr": [round(float(v), 4) for v in fpr], "tpr": [round(float(v), 4) for v in tpr]}
+
+
+def suspicion_of(scores: torch.Tensor, poison: torch.Tensor) -> Suspicion:
+    """A defense's suspicion scores against the true poison: their AUROC and ROC curve."""
+    return Suspicion(suspicion_auroc(scores, poison), suspicion_roc(scores, poison))
+
+
+def poison_mask(n: int, poison: torch.Tensor) -> torch.Tensor:
+    """A bool mask of ``n`` training samples, True at the ``poison`` indices (on the CPU)."""
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[poison.cpu().long()] = True
+    return mask
 
 
 def removal_scores(removed: torch.Tensor, poison: torch.Tensor) -> Removal:

@@ -29,6 +29,7 @@ from .context import AttackContext, DefenseContext
 from .session import Session
 from .types import Target
 from .evaluate import backdoor_asr, defense_row, model_row
+from .html import MAX_THUMBS, RunImages, Thumb
 from .options import resolve_options
 from .paths import cache_dir, data_dir
 from .registry import Entry, Registry
@@ -312,9 +313,35 @@ class Run:
         self.save(self.results.to_dict())
 
 
+def run_images(data, poisoning: Poisoning, poison_idx: torch.Tensor, trigger: Trigger | None,
+               target: Target) -> RunImages:
+    """The pixels report.html shows and results.json does not hold: the target image, the first
+    :data:`~ptk.html.MAX_THUMBS` poisoned training images (with their label change, and the original where the
+    attack changed the pixels) and, for a backdoor, the first test image not of its class, clean and triggered."""
+    x_after = data.x_train if poisoning.x_train is None else poisoning.x_train
+    thumbs = []
+    for i in sorted(poison_idx.cpu().tolist())[:MAX_THUMBS]:
+        before, after = data.x_train[i], x_after[i]
+        old, new = data.classes[int(data.y_train[i])], data.classes[int(poisoning.y_train[i])]
+        changed = poisoning.x_train is not None and not torch.equal(before, after.to(before.device))
+        thumbs.append(Thumb(after.cpu().numpy(), f"#{i}: {old} \u2192 {new}" if old != new else f"#{i}: {old}",
+                            before.cpu().numpy() if changed else None))
+    example = []
+    others = [] if trigger is None else (data.y_test != trigger.target_class).nonzero().flatten().tolist()
+    if others:
+        j = others[0]
+        clean = data.x_test[j:j + 1]
+        example = [Thumb(clean[0].cpu().numpy(), f"clean: {data.classes[int(data.y_test[j])]}"),
+                   Thumb(trigger.apply(clean)[0].cpu().numpy(),
+                         f"triggered (aimed at {data.classes[trigger.target_class]})")]
+    return RunImages(target.image[0].cpu().numpy(), thumbs, len(poison_idx), example)
+
+
 def run_models(p: Plan, session: Session, data, source: int, target_class: int, run: Run,
-               on_error: Callable[[str, str], None] | None) -> None:
-    """Clean model, target, attack, poisoned model, then each defense; ``run`` saves after every model."""
+               on_error: Callable[[str, str], None] | None,
+               on_images: Callable[[RunImages], None] | None = None) -> None:
+    """Clean model, target, attack, poisoned model, then each defense; ``run`` saves after every model, and
+    ``on_images`` gets the pixels report.html shows once the attack has poisoned."""
     results, attack_opts = run.results, p.options[p.attack.name]
     clean = session.train_tracked(data.x_train, data.y_train, desc="clean model")
     target = choose_target(p, data, clean.model, source, target_class)
@@ -337,6 +364,8 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
                                      "description": trigger.description}
         # the clean row was written before the attack made the trigger; its ASR (the baseline) joins it now
         clean_row.backdoor_asr = backdoor_asr(clean.model, data.x_test, data.y_test, trigger)
+    if on_images is not None:
+        on_images(run_images(data, poisoning, poison_idx, trigger, target))
     poisoned = session.train_tracked(poisoned_data.x_train, poisoned_data.y_train, desc="poisoned model")
     run.add_model(model_row("poisoned", poisoned, data, target, trigger))
 
@@ -373,8 +402,10 @@ def new_session(p: Plan, data, cache: ModelCache) -> Session:
 
 def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[[dict[str, Any]], None],
                    data_root: Path | None = None, cache_root: Path | None = None, use_cache: bool = True,
-                   on_error: Callable[[str, str], None] | None = None) -> dict[str, Any]:
-    """Run one experiment; ``save`` is called with the results after every model."""
+                   on_error: Callable[[str, str], None] | None = None,
+                   on_images: Callable[[RunImages], None] | None = None) -> dict[str, Any]:
+    """Run one experiment; ``save`` is called with the results after every model, ``on_images`` (if given)
+    with the images report.html shows (:func:`run_images`)."""
     p = plan(config, registry)
     data = load_data(p, data_root)
     source, target_class = check_against_data(p, data)
@@ -404,7 +435,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     run = Run(results, save)
 
     try:
-        run_models(p, session, data, source, target_class, run, on_error)
+        run_models(p, session, data, source, target_class, run, on_error, on_images)
     except Exception as exc:  # the attack or a clean/poisoned training failed: say so in results.json
         results.status = "failed"
         results.error = f"{type(exc).__name__}: {exc}"

@@ -1,4 +1,5 @@
-"""Figures drawn without a display and handed back as PNG bytes, for every report ptk writes."""
+"""Figures drawn without a display and handed back as PNG bytes (report.md's files) or SVG text (inlined in
+report.html), for every report ptk writes."""
 
 from __future__ import annotations
 
@@ -24,3 +25,18 @@ def png_bytes(fig) -> bytes:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
+
+
+def svg_text(fig) -> str:
+    """A finished matplotlib figure as one ``<svg>`` element (the figure is closed), to inline in an HTML page:
+    no XML declaration or DOCTYPE before it, text kept as text (searchable, sharp at any zoom), and a fixed
+    hash salt, so the same figure gives the same SVG (matplotlib otherwise draws random ids for clip paths)."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "none", "svg.hashsalt": "ptk"}):
+        fig.savefig(buf, format="svg")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]

@@ -48,9 +48,11 @@ class Removal:
 @dataclass(frozen=True)
 class Suspicion:
     """AUROC of a defense's per-sample suspicion scores against the true poison (None when either group
-    is empty)."""
+    is empty), and the ROC curve it is the area under, thinned to at most ``ROC_POINTS`` points
+    (``{"fpr": [...], "tpr": [...]}``), so report.html can draw it from results.json alone."""
 
     suspicion_auroc: float | None
+    suspicion_roc: dict[str, list[float]] | None = None
 
 
 @dataclass(frozen=True)

@@ -102,8 +102,9 @@ def wilson_bars(rates: list[Rate]) -> list[list[float]]:
     return [[r.rate - r.interval[0] for r in rates], [r.interval[1] - r.rate for r in rates]]
 
 
-def plot_success_vs_budget(rates: list[Rate]) -> bytes:
-    """Success rate against the poison budget, one line per model, Wilson intervals as error bars."""
+def plot_success_vs_budget(rates: list[Rate]):
+    """Success rate against the poison budget, one line per model, Wilson intervals as error bars (a matplotlib
+    figure: PNG for report.md, SVG for report.html)."""
     fig, ax = new_figure()
     for i, (model, rs) in enumerate(series(rates).items()):
         rs = sorted((r for r in rs if r.budget is not None), key=lambda r: r.budget)
@@ -115,11 +116,11 @@ def plot_success_vs_budget(rates: list[Rate]) -> bytes:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("Attack success by budget (95% Wilson intervals)")
     ax.legend(fontsize=8)
-    return png_bytes(fig)
+    return fig
 
 
-def plot_accuracy_vs_success(rates: list[Rate]) -> bytes:
-    """Mean test accuracy against success rate per model and setting: the trade-off of each defense."""
+def plot_accuracy_vs_success(rates: list[Rate]):
+    """Mean test accuracy against success rate per model and setting: the trade-off of each defense (a figure)."""
     fig, ax = new_figure()
     for model, rs in series(rates).items():
         rs = [r for r in rs if r.test_accuracy is not None]
@@ -129,19 +130,25 @@ def plot_accuracy_vs_success(rates: list[Rate]) -> bytes:
     ax.set_xlim(-0.02, 1.02)
     ax.set_title("What each defense costs and what it stops")
     ax.legend(fontsize=8)
-    return png_bytes(fig)
+    return fig
 
 
 PLOTS = {"success_vs_budget.png": plot_success_vs_budget, "accuracy_vs_success.png": plot_accuracy_vs_success}
 
 
+def plot_names(rates: list[Rate]) -> list[str]:
+    """The plots these rates have something to show in (of PLOTS): none without an attacked model, no budget
+    curve with one budget."""
+    budgets = {r.budget for r in rates if r.budget is not None}
+    return [name for name in PLOTS if any(series(rates).values())
+            and (name != "success_vs_budget.png" or len(budgets) > 1)]
+
+
 def write_sweep_report(out: Path, rates: list[Rate], counts: dict[str, int]) -> list[Path]:
     """report.md, rates.csv, rates.json and the plots into ``out`` (each written atomically); their paths."""
-    budgets = {r.budget for r in rates if r.budget is not None}
-    plots = [name for name in PLOTS if any(series(rates).values())
-             and (name != "success_vs_budget.png" or len(budgets) > 1)]  # one budget: no curve to draw
+    plots = plot_names(rates)
     for name in plots:
-        write_bytes(out / name, PLOTS[name](rates))
+        write_bytes(out / name, png_bytes(PLOTS[name](rates)))
     write_text(out / "report.md", rates_markdown(rates, counts, plots))
     write_text(out / "rates.csv", rates_csv(rates))
     write_json(out / "rates.json", {"cells": counts, "rates": [r.to_dict() for r in rates]})
