@@ -225,3 +225,21 @@ def test_reading_a_store_changes_nothing_on_disk(ptk, tmp_path):
     assert after == files
     with pytest.raises(Exception):
         SweepStore(db, readonly=True).add_cell("c2", {}, {})  # a read-only connection cannot write
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_bench_report_page_of_a_real_store_loads_and_sorts(ptk, tmp_path):
+    """The leaderboard page of a real (tiny) bench store, in headless Chromium: no script error, no network
+    reference, every model of the store in the table, and the rank column sorts."""
+    from .test_html import assert_clean_page, browse
+
+    db = tmp_path / "bench.db"
+    ptk("bench", "run", str(TINY_SUITE), "--defense", "loss-outliers", "--db", str(db))
+    out = ptk("bench", "report", str(db)).output
+    page = tmp_path / "report.html"
+    assert str(page) in out
+    probe = browse(page, "leaderboard", "rank", tmp_path, name_col=1)
+    assert_clean_page(page, probe)
+    assert sorted(set(probe["names"])) == ["loss-outliers", "poisoned"]
+    assert probe["detail_rows"] == 4  # every (attack, model) row drills down to its cells

@@ -15,9 +15,8 @@ from .version import __version__
 from .cli_bench import bench as bench_commands
 from .cli_data import data as data_commands
 from .cli_sweep import sweep as sweep_commands
-from .config import PRESETS, ExperimentConfig, load_toml, merge
+from .config import PRESETS, ExperimentConfig, build_config
 from .errors import PluginError, UsageError
-from .options import parse_assignments
 
 RUN_FLAGS = ("dataset", "model", "attack", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
              "test_subset", "source", "target", "target_index", "target_choice", "target_rank", "device")
@@ -59,23 +58,6 @@ class PtkGroup(click.Group):
 def cli() -> None:
     """ptk: data-poisoning attacks and defenses on image classifiers, as plugins."""
     logging.basicConfig(format="%(message)s", level=logging.INFO)
-
-
-def build_config(preset: str | None, config_file: Path | None, flags: dict[str, Any], defenses: tuple[str, ...],
-                 assignments: tuple[str, ...]) -> ExperimentConfig:
-    """Defaults < --preset < --config FILE < command-line flags and -o options."""
-    file_values = load_toml(config_file) if config_file else {}
-    preset = preset or file_values.pop("preset", None) or "study"
-    file_values.pop("preset", None)
-    file_values = ExperimentConfig.check_types(file_values, str(config_file))  # before merging: names the file
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r}; presets are: {', '.join(PRESETS)}")
-    values = merge(PRESETS[preset], file_values)
-    given = {k: v for k, v in flags.items() if v is not None}
-    if defenses:
-        given["defenses"] = list(defenses)
-    given["options"] = parse_assignments(assignments)
-    return ExperimentConfig.from_dict(merge(values, given), where=str(config_file or "config"))
 
 
 def recorded_run(out: Path) -> dict[str, Any] | None:

@@ -139,7 +139,7 @@ def run_bench(suite_name: str, defenses: tuple[str, ...], db: Path | None, **exe
 @bench.command("report")
 @click.argument("db", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
-              help="folder for leaderboard.md, leaderboard.json and report.html (default: the store's folder)")
+              help="folder for leaderboard.md, report.html and leaderboard.json (default: the store's folder)")
 def report(db: Path, out: Path | None) -> None:
     """The leaderboard: per attack and model, success rate with its Wilson interval, accuracy cost, AUROC,
     seconds, and a rank from paired McNemar tests (Holm-corrected) on the cells every model shares."""
@@ -163,7 +163,9 @@ def report(db: Path, out: Path | None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "leaderboard.md", markdown(board))
     write_json(out / "leaderboard.json", board)
-    written = [out / "leaderboard.md", out / "leaderboard.json"]
+    from .html import write_bench_html
+
+    written = [out / "leaderboard.md", write_bench_html(out, board), out / "leaderboard.json"]
     click.echo(text_table(board))
     for note in board["notes"]:
         click.echo(f"note: {note}")
@@ -187,7 +189,7 @@ def draw(preset: str | None, config_file: Path | None, seeds: tuple[int, ...], t
     """
     from dataclasses import replace
 
-    from .cli import build_config
+    from .config import build_config
     from .registry import load_registry
     from .suite import draw_targets
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .options import parse_assignments
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -226,3 +227,20 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def build_config(preset: str | None, config_file: Path | None, flags: dict[str, Any], defenses: tuple[str, ...],
+                 assignments: tuple[str, ...]) -> ExperimentConfig:
+    """Defaults < --preset < --config FILE < command-line flags and -o options."""
+    file_values = load_toml(config_file) if config_file else {}
+    preset = preset or file_values.pop("preset", None) or "study"
+    file_values.pop("preset", None)
+    file_values = ExperimentConfig.check_types(file_values, str(config_file))  # before merging: names the file
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r}; presets are: {', '.join(PRESETS)}")
+    values = merge(PRESETS[preset], file_values)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if defenses:
+        given["defenses"] = list(defenses)
+    given["options"] = parse_assignments(assignments)
+    return ExperimentConfig.from_dict(merge(values, given), where=str(config_file or "config"))

@@ -403,7 +403,8 @@ def bench_page(board: dict[str, Any]) -> str:
         cell(str(p.get("a_only", "-"))), cell(str(p.get("b_only", "-"))), p_cell(p.get("p")), p_cell(p.get("p_holm")),
         cell("yes" if p.get("significant") else "no", cls="sig" if p.get("significant") else ""),
     ]) for p in board.get("pairs") or []])
-    return render("bench.html.j2", suite=board.get("suite") or {}, board=board_table, pairs=pairs)
+    return render("bench.html.j2", suite=board.get("suite") or {}, board=board_table, pairs=pairs,
+                  notes=board.get("notes") or [])
 
 
 def write_bench_html(out: Path, board: dict[str, Any]) -> Path:
