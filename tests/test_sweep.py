@@ -231,8 +231,10 @@ def test_report_writes_tables_and_plots_whose_rates_match_the_store(ptk, tmp_pat
     # a pending cell (the grid grew but was not run) is counted by status, not by the rates
     write_grid(path, 'targets = 3\n"labelflip.budget" = [10, 30, 20]\n')
     store = SweepStore(db)
-    for cell in expand(*read_grid(path, PRESETS), str(path)):
+    grown = expand(*read_grid(path, PRESETS), str(path))
+    for cell in grown:
         store.add_cell(cell.id, cell.config.to_dict(), cell.values)
+    store.set_meta("current_cells", json.dumps(sorted(c.id for c in grown)))  # as a run interrupted at once would
     store.close()
     assert "3 pending, 0 running, 6 complete, 0 failed" in ptk("sweep", "status", db).output
 

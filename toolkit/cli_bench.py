@@ -109,19 +109,12 @@ def run_bench(suite_name: str, defenses: tuple[str, ...], db: Path | None, **exe
             if missing or (key, "poisoned") not in done:
                 todo[key] = missing
     cells = suite_cells(suite, todo)
-    from .sweepstore import SweepStore
-
-    store = SweepStore(db)
-    try:
-        store.set_meta("suite", identity)
-    finally:
-        store.close()
     counts = {"complete": 0, "failed": 0, "skipped": suite.cell_count}
     if cells:
         from .cli_sweep import drive
 
         counts = drive(cells, db, Execution(**execution), f"bench {identity}", suite.base.get("device", "auto"),
-                       registry)
+                       registry, meta={"suite": identity})
         counts["skipped"] = suite.cell_count - len(cells)
     else:
         click.echo(f"bench {identity}: every cell already holds these defenses in {db}", err=True)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Iterator
 
 import click
 
@@ -64,17 +67,14 @@ class Execution:
     verbose: bool = False
 
 
-def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto", registry=None) -> dict[str, int]:
-    """Check every cell, record them in the store ``db``, run the unfinished ones, print the rates; the
-    counts (complete, failed, skipped). Shared by ``ptk sweep run`` and ``ptk bench run``."""
-    from .executors import RaySettings, Recorder, device_label, run_local, run_ray
+def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto", registry=None,
+          meta: dict[str, str] | None = None) -> dict[str, int]:
+    """Check every cell, record them (and ``meta``) in the store ``db``, run the unfinished ones, print the
+    rates; the counts (complete, failed, skipped). Shared by ``ptk sweep run`` and ``ptk bench run``. One
+    driver at a time: a second on the same store is refused (see :func:`driver_lock`)."""
     from .paths import cache_dir as resolve_cache
-    from .progress import inner_progress
-    from .rates import success_rates
     from .registry import load_registry
     from .sweep import check_cells
-    from .sweep_report import rates_table
-    from .sweepstore import SweepStore
 
     if run.executor == "ray" and importlib.util.find_spec("ray") is None:  # refused before a store is created
         raise UsageError("--executor ray needs Ray: pip install 'ptk-poison[ray]'")
@@ -82,8 +82,21 @@ def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto
     check_cells(cells, registry, run.data_dir)
     # resolved here, so a Ray worker on another node gets the driver's paths (on a shared filesystem)
     cache_root = resolve_cache(run.cache_dir)
+    with driver_lock(db):
+        return _drive(cells, db, run, title, device, registry, meta or {}, cache_root)
+
+
+def _drive(cells, db, run, title, device, registry, meta, cache_root) -> dict[str, int]:
+    from .executors import RaySettings, Recorder, device_label, run_local, run_ray
+    from .progress import inner_progress
+    from .rates import success_rates
+    from .sweep_report import rates_table
+    from .sweepstore import SweepStore
+
     store = SweepStore(db)
     try:
+        for key, value in meta.items():
+            store.set_meta(key, value)
         for cell in cells:
             store.add_cell(cell.id, cell.config.to_dict(), cell.values)
         done = store.status()
@@ -103,13 +116,69 @@ def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto
     return recorder.counts
 
 
+@contextmanager
+def driver_lock(db: Path) -> Iterator[None]:
+    """Hold ``<store>.lock`` (an advisory ``flock``, released by the OS when the process ends, so a killed
+    driver leaves no stale lock) while cells run: a second ``ptk sweep run`` or ``ptk bench run`` on the same
+    store is refused in one line instead of running every cell a second time."""
+    import fcntl
+    import os
+    import socket
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    path = db.with_name(db.name + ".lock")
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise UsageError(f"another driver ({holder}) is running cells into {db}; wait for it to finish "
+                             "(`ptk sweep status` shows its progress) or use another --db") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two base settings, as ``key: old -> new``."""
+    from .config import short
+
+    return [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
+
+
+def check_grid_base(db: Path, base: dict[str, Any], add_grid: bool) -> None:
+    """A store made by one grid holds that grid's base settings; a sweep whose base differs would pool two
+    experiments into one rate, so it is refused unless ``--add-grid`` says both belong in one store."""
+    if not db.exists() or add_grid:
+        return
+    store = open_store(db)
+    try:
+        held = store.meta("grid_base")
+    finally:
+        store.close()
+    if held is not None and json.loads(held) != json.loads(json.dumps(base, sort_keys=True, default=str)):
+        changes = "; ".join(changed_settings(json.loads(held), json.loads(json.dumps(base, default=str))))
+        raise UsageError(f"{db} holds a grid with other base settings ({changes}); give this grid a new --db, "
+                         "or pass --add-grid to keep both grids' cells in one store")
+
+
 @sweep.command("run")
 @click.argument("grid_file", type=click.Path(path_type=Path))
 @click.option("--db", type=click.Path(path_type=Path), help="record store (default runs/<grid name>/sweep.db)")
 @click.option("--max-cells", type=click.IntRange(min=1), default=10_000, show_default=True,
               help="refuse a grid of more cells than this (counted before it is expanded)")
+@click.option("--add-grid", is_flag=True, help="run into a store made by a grid with other base settings, keeping "
+                                               "both grids' cells (the report covers this grid's)")
 @executor_options
-def run_sweep(grid_file: Path, db: Path | None, max_cells: int, **execution) -> None:
+def run_sweep(grid_file: Path, db: Path | None, max_cells: int, add_grid: bool, **execution) -> None:
     """Run every cell of GRID_FILE not yet finished in the store; rerun to resume.
 
     GRID_FILE is a --config TOML file plus a [grid] table of lists, e.g.
@@ -123,7 +192,10 @@ def run_sweep(grid_file: Path, db: Path | None, max_cells: int, **execution) -> 
     base, grid = read_grid(grid_file, PRESETS)
     cells = expand(base, grid, str(grid_file), max_cells)
     db = db or Path("runs") / grid_file.stem / "sweep.db"
-    counts = drive(cells, db, Execution(**execution), f"sweep {grid_file}", base.get("device", "auto"))
+    check_grid_base(db, base, add_grid)
+    meta = {"grid_base": json.dumps(base, sort_keys=True, default=str),
+            "current_cells": json.dumps(sorted(c.id for c in cells))}
+    counts = drive(cells, db, Execution(**execution), f"sweep {grid_file}", base.get("device", "auto"), meta=meta)
     click.echo(f"\n{counts['complete']} complete, {counts['failed']} failed, {counts['skipped']} already done; "
                f"store: {db}; `ptk sweep report {db}` writes the report and plots")
     if counts["failed"]:
@@ -134,7 +206,8 @@ def run_sweep(grid_file: Path, db: Path | None, max_cells: int, **execution) -> 
 @click.argument("db", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False),
               help="folder for report.md, report.html, rates.csv, rates.json and the plots (default: the store's folder)")
-def report(db: Path, out: Path | None) -> None:
+@click.option("--all-cells", is_flag=True, help="report every cell in the store, not only the last grid run's")
+def report(db: Path, out: Path | None, all_cells: bool) -> None:
     """Attack success rate (95% Wilson interval), accuracy and its drop, removal quality and cost per
     setting and model; writes report.md, report.html (one self-contained page: sortable, each row expanding to
     its cells), rates.csv, rates.json and two plots."""
@@ -144,10 +217,21 @@ def report(db: Path, out: Path | None) -> None:
 
     store = open_store(db)
     try:
-        rows = list(store.models())
-        rates, counts = success_rates(rows), store.counts()
+        rows, status = list(store.models()), store.status()
+        current = store.meta("current_cells")
     finally:
         store.close()
+    if current is not None and not all_cells:
+        keep = set(json.loads(current))
+        others = len(set(status) - keep)
+        rows, status = [r for r in rows if r["cell_id"] in keep], {k: v for k, v in status.items() if k in keep}
+        if others:
+            click.echo(f"reporting the {len(keep)} cells of the last grid run into {db}; {others} other cells "
+                       "(dropped from the grid, or another grid's) are left out: --all-cells includes them", err=True)
+    counts = {s: 0 for s in ("pending", "running", "complete", "failed")}
+    for value in status.values():
+        counts[value] = counts.get(value, 0) + 1
+    rates = success_rates(rows)
     out = out or db.parent
     out.mkdir(parents=True, exist_ok=True)
     written = write_sweep_report(out, rates, counts)

@@ -94,8 +94,7 @@ class SweepStore:
             raise UsageError(f"record store {self.path} does not exist (or is empty); `ptk sweep run` makes one")
         try:
             if readonly:
-                self.db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30,
-                                          isolation_level=None)
+                self.db = self.connect_readonly()
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
@@ -113,6 +112,18 @@ class SweepStore:
             raise UsageError(f"record store {self.path}: {exc} (is it a file ptk made? give another --db)") from None
         except OSError as exc:
             raise UsageError(f"record store {self.path}: {exc.strerror or exc}") from None
+
+    def connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection; on read-only media (where SQLite cannot make the -shm file WAL reading
+        needs) the file is opened as immutable instead: nothing can be writing it there."""
+        uri = self.path.resolve().as_uri()
+        db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=30, isolation_level=None)
 
     def check_owner(self, fresh: bool) -> None:
         """Refuse a SQLite file some other program made (the store would add tables to it)."""
@@ -147,6 +158,9 @@ class SweepStore:
 
     def close(self) -> None:
         self.db.close()
+
+    def cell_ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT cell_id FROM cells")}
 
     def status(self) -> dict[str, str]:
         """Status of every cell the store knows, by cell id."""

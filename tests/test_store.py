@@ -1,0 +1,64 @@
+"""The sweep store's guarantees beyond a single run: one driver at a time, one grid's base settings per store
+unless told otherwise, and reports of the current grid's cells (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import json
+
+from ptk.cli_sweep import driver_lock
+from ptk.sweepstore import SweepStore
+
+from .fixtures import write_grid
+
+GRID = 'seed = [0]\n'
+
+
+def test_a_second_driver_on_one_store_is_refused(ptk, tmp_path):
+    grid, db = tmp_path / "g.toml", tmp_path / "s" / "sweep.db"
+    write_grid(grid, GRID)
+    with driver_lock(db):  # a first driver, running
+        out = ptk("sweep", "run", grid, "--db", db, expect=2).output
+    assert "another driver (pid " in out and "use another --db" in out
+    assert not db.exists()  # refused before its store was made
+
+
+def test_the_lock_goes_with_its_driver(tmp_path):
+    db = tmp_path / "sweep.db"
+    with driver_lock(db):
+        pass
+    with driver_lock(db):  # released: the next driver takes it
+        pass
+
+
+def test_a_grid_whose_base_settings_changed_is_refused_with_the_fix(ptk, tmp_path):
+    grid, db = tmp_path / "g.toml", tmp_path / "s" / "sweep.db"
+    write_grid(grid, GRID)
+    store = SweepStore(db)
+    store.set_meta("grid_base", json.dumps({"preset": "quick", "epochs": 1}, sort_keys=True))
+    store.close()
+    out = ptk("sweep", "run", grid, "--db", db, expect=2).output
+    assert "other base settings" in out and "epochs: 1 -> 2" in out and "--add-grid" in out
+
+
+def finished(store: SweepStore, cell: str, seed: int, success: bool) -> None:
+    store.add_cell(cell, {"seed": seed}, {"seed": seed, "labelflip.budget": 10})
+    store.finish(cell, {"status": "complete", "config": {"seed": seed}, "attack": {"name": "labelflip"},
+                        "models": [{"name": "clean", "test_accuracy": 0.9, "attack_success": False},
+                                   {"name": "poisoned", "test_accuracy": 0.8, "attack_success": success}]}, 1.0)
+
+
+def test_the_report_covers_the_current_grid_and_says_what_it_left_out(ptk, tmp_path):
+    db = tmp_path / "sweep.db"
+    store = SweepStore(db)
+    finished(store, "a", 0, True)
+    finished(store, "b", 1, False)  # a cell the grid dropped since
+    store.set_meta("current_cells", json.dumps(["a"]))
+    store.close()
+    out = ptk("sweep", "report", db, "--out", tmp_path / "r").output
+    assert "1 other cells" in out and "--all-cells" in out
+    rates = json.loads((tmp_path / "r" / "rates.json").read_text())
+    assert {r["model"]: r["n"] for r in rates["rates"]} == {"clean": 1, "poisoned": 1}
+    assert rates["cells"]["complete"] == 1
+    ptk("sweep", "report", db, "--out", tmp_path / "all", "--all-cells")
+    rates = json.loads((tmp_path / "all" / "rates.json").read_text())
+    assert {r["model"]: r["n"] for r in rates["rates"]} == {"clean": 2, "poisoned": 2}
