@@ -156,11 +156,11 @@ def test_bench_run_refuses_a_sweep_store(ptk, tmp_path):
 def test_bench_run_scores_defenses_on_shared_cells_and_reports(ptk, tmp_path):
     db = tmp_path / "bench" / "bench.db"
     first = ptk("bench", "run", str(TINY_SUITE), "--defense", "loss-outliers", "--db", str(db))
-    assert "3 cells complete" in first.output
+    assert "3 complete, 0 failed" in first.output
     # a second defense later: only its own models train; the undefended rows are not rerun
     second = ptk("bench", "run", str(TINY_SUITE), "--defense", "loss-outliers", "--defense", "activation-clustering",
                  "--db", str(db))
-    assert "3 cells complete" in second.output
+    assert "3 complete, 0 failed" in second.output
     again = ptk("bench", "run", str(TINY_SUITE), "--defense", "activation-clustering", "--db", str(db))
     assert "every cell already holds these defenses" in again.output
     store = SweepStore(db)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .cli_sweep import Execution, executor_options, open_store
+from .cli_sweep import Execution, executor_options, finish, open_store
 from .errors import UsageError
 
 
@@ -123,10 +123,7 @@ def run_bench(suite_name: str, defenses: tuple[str, ...], db: Path | None, **exe
         click.echo("\n" + text_table(build(store.models(), suite.summary())))
     finally:
         store.close()
-    click.echo(f"\n{counts['complete']} cells complete, {counts['failed']} failed, {counts['skipped']} already "
-               f"done; store: {db}; `ptk bench report {db}` writes the leaderboard")
-    if counts["failed"]:
-        click.get_current_context().exit(1)
+    finish(counts, f"store: {db}; `ptk bench report {db}` writes the leaderboard")
 
 
 @bench.command("report")

@@ -196,8 +196,13 @@ def run_sweep(grid_file: Path, db: Path | None, max_cells: int, add_grid: bool, 
     meta = {"grid_base": json.dumps(base, sort_keys=True, default=str),
             "current_cells": json.dumps(sorted(c.id for c in cells))}
     counts = drive(cells, db, Execution(**execution), f"sweep {grid_file}", base.get("device", "auto"), meta=meta)
+    finish(counts, f"store: {db}; `ptk sweep report {db}` writes the report and plots")
+
+
+def finish(counts: dict[str, int], next_step: str) -> None:
+    """The last line of a command that ran cells; exit 1 when any failed."""
     click.echo(f"\n{counts['complete']} complete, {counts['failed']} failed, {counts['skipped']} already done; "
-               f"store: {db}; `ptk sweep report {db}` writes the report and plots")
+               f"{next_step}")
     if counts["failed"]:
         click.get_current_context().exit(1)
 
