@@ -65,3 +65,11 @@ def test_overwrite_onto_a_results_json_folder_is_refused_before_training(ptk, tm
     (out / "results.json").mkdir(parents=True)
     res = ptk("run", "--preset", "quick", "--out", out, "--overwrite", expect=2)
     assert "results.json is a folder" in res.output and "training" not in res.output
+
+
+def test_spectral_signatures_flagging_more_than_a_class_is_refused_before_training(ptk, tmp_path):
+    res = ptk("run", "--preset", "quick", "--attack", "art-backdoor", "--defense", "art-spectral-signatures",
+              "-o", "art-spectral-signatures.expected_pp_poison=0.9", "-o", "art-spectral-signatures.eps_multiplier=5",
+              "--out", tmp_path / "r", expect=2)
+    assert "450% of each class" in res.output and "below 1" in res.output
+    assert not (tmp_path / "r" / "results.json").exists()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, hookimpl, positive, share
+from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl, positive, share
 from ptk_plugins.art._bridge import art_classifier, art_training_arrays, art_version, quiet_art
 
 
@@ -58,6 +58,15 @@ class ArtSpectralSignatures(Defense):
                check=positive),
         Option("batch_size", int, 128, "ART's batch size for the activations", check=positive),
     ]
+
+    def check(self, data, options: dict[str, Any]) -> None:
+        """ART flags ``eps_multiplier x expected_pp_poison`` of each class: above 1 that is more than the whole
+        class, which ART does not refuse (it flags every image and the retraining has nothing of that class)."""
+        flagged = options["eps_multiplier"] * options["expected_pp_poison"]
+        if flagged >= 1:
+            raise UsageError(f"{self.name}: eps_multiplier x expected_pp_poison = {options['eps_multiplier']} x "
+                             f"{options['expected_pp_poison']} = {flagged:.0%} of each class would be flagged; keep the "
+                             "product below 1 (the defaults flag 1.5 x 0.33 = 50%)")
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
         x, y = art_training_arrays(ctx.data)
