@@ -127,9 +127,10 @@ def test_defense_all_skips_what_cannot_face_the_attack_and_says_why(goal_registr
     names = [e.name for e in p.defenses]
     assert "influence" not in names and "bilevel" not in names and "loss-outliers" in names
     assert "goal-corner-filter" in names and "goal-knows-trigger" in names
-    assert set(p.skipped) == {"influence", "bilevel"}
+    assert set(p.skipped) == {"influence", "bilevel", "art-roni"}  # art-roni: for its cost (test below)
     p = plan(config("labelflip", ["all"]), reg)
-    assert set(p.skipped) == {"goal-corner-filter", "art-strip"} and "influence" in [e.name for e in p.defenses]
+    assert set(p.skipped) == {"goal-corner-filter", "art-strip", "art-roni"}
+    assert "influence" in [e.name for e in p.defenses]
 
 
 def test_a_test_time_filter_reports_its_rejections_and_rejected_inputs_do_not_count_as_successes(goal_registry, tmp_path):
@@ -196,3 +197,17 @@ def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_repor
     ptk("run", "--attack", "labelflip", "--defense", "loss-outliers", "--preset", "quick", "--subset", "60",
         "--epochs", "1", "-o", "labelflip.budget=5", "--out", out, "--overwrite")
     assert not (out / "backdoor_asr.png").exists() and "backdoor_asr.png" not in (out / "report.md").read_text()
+
+
+def test_defense_all_leaves_out_a_defense_that_declares_its_cost_and_says_how_to_run_it(registry):
+    from ptk.config import PRESETS, ExperimentConfig, merge
+    from ptk.experiment import plan
+
+    reg = registry()
+    assert reg.get("defense", "art-roni").plugin.cost == "one fine-tune per training sample"
+    p = plan(ExperimentConfig.from_dict(merge(PRESETS["quick"], {"defenses": ["all"]})), reg)
+    assert "art-roni" not in [e.name for e in p.defenses] and "loss-outliers" in [e.name for e in p.defenses]
+    assert "one fine-tune per training sample" in p.skipped["art-roni"]
+    assert "--defense art-roni" in p.skipped["art-roni"]
+    named = plan(ExperimentConfig.from_dict(merge(PRESETS["quick"], {"defenses": ["art-roni"]})), reg)
+    assert [e.name for e in named.defenses] == ["art-roni"]  # named, it runs

@@ -69,6 +69,9 @@ class Defense(Plugin):
     kind: ClassVar[str] = "defense"
     threat: ClassVar[ThreatModel] = ThreatModel()
     goals: ClassVar[tuple[str, ...] | None] = None
+    #: What the defense costs when that does not scale to a full run, in a few words ("one fine-tune per training
+    #: sample"); a defense that declares it is left out of ``--defense all`` (named, it runs).
+    cost: ClassVar[str | None] = None
 
     def defend(self, ctx: "DefenseContext", options: dict[str, Any]) -> DefenseResult:
         raise NotImplementedError
@@ -115,6 +118,14 @@ def defense_goals(defense: Defense) -> tuple[str, ...]:
     if defense.threat.knows_target:
         return ("target",)
     return GOALS
+
+
+def all_refusal(defense: Defense, attack: Attack) -> str | None:
+    """Why ``--defense all`` leaves ``defense`` out against ``attack`` (None: it runs): its goals, or its cost."""
+    why = goal_refusal(defense, attack)
+    if why is None and defense.cost:
+        why = f"it costs {defense.cost}; name it (--defense {defense.name}) to run it"
+    return why
 
 
 def goal_refusal(defense: Defense, attack: Attack) -> str | None:

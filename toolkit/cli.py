@@ -208,6 +208,7 @@ def describe_entry(e) -> dict[str, Any]:
     if e.kind == "defense":
         d["threat_model"] = dict(e.plugin.threat.__dict__)
         d["goals"] = list(defense_goals(e.plugin))
+        d["cost"] = e.plugin.cost
     return d
 
 
@@ -243,6 +244,8 @@ def plugins(name: str | None, as_json: bool) -> None:
             click.echo(f"{indent}assumes: knows target={tm['knows_target']}, trusted data={tm['trusted_data']}, "
                        f"uses poisoned model={tm['uses_poisoned_model']}{trigger}")
             click.echo(f"{indent}defends goals: {', '.join(e['goals'])}")
+            if e.get("cost"):
+                click.echo(f"{indent}cost: {e['cost']} (left out of --defense all; name it to run it)")
         if name:
             for o in e["options"]:
                 choices = f" (one of {', '.join(map(str, o['choices']))})" if "choices" in o else ""

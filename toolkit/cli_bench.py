@@ -50,14 +50,15 @@ def store_done(db: Path) -> set[tuple[str, str]]:
 def bench_defenses(suite, names: tuple[str, ...], registry) -> dict[str, list[str]]:
     """The defenses to run per attack label: the named ones (``all``: every installed defense that can face
     the attack, the others skipped with a note); a named defense that cannot face an attack is refused."""
-    from .api import goal_refusal
+    from .api import all_refusal, goal_refusal
 
     out: dict[str, list[str]] = {}
     for a in suite.attacks:
         attack = registry.get("attack", a.attack).plugin
         chosen = []
         for name in dict.fromkeys(n for d in names for n in (registry.names("defense") if d == "all" else [d])):
-            why = goal_refusal(registry.get("defense", name).plugin, attack)
+            defense = registry.get("defense", name).plugin
+            why = goal_refusal(defense, attack) if name in names else all_refusal(defense, attack)
             if why is None:
                 chosen.append(name)
             elif name in names:

@@ -20,7 +20,7 @@ import numpy
 import torch
 
 from .version import __version__
-from .api import goal_refusal
+from .api import all_refusal, goal_refusal
 from .errors import DataMissing, PluginError, UsageError
 from .types import DefenseResult, Poisoning, Predictor, Trigger
 from .cache import ModelCache, tensor_digest
@@ -78,10 +78,11 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
     skipped: dict[str, str] = {}  # only defenses `all` brought in: a named one that cannot run is an error
     for name in dict.fromkeys(names):
         entry = registry.get("defense", name)
-        why = goal_refusal(entry.plugin, attack.plugin)
+        named = name in config.defenses
+        why = goal_refusal(entry.plugin, attack.plugin) if named else all_refusal(entry.plugin, attack.plugin)
         if why is None:
             defenses.append(entry)
-        elif name in config.defenses:
+        elif named:
             raise UsageError(f"{why}; drop --defense {name}")
         else:
             skipped[name] = why

@@ -107,6 +107,7 @@ class ArtRoni(Defense):
     api_version = 2
     threat = ThreatModel(knows_target=False, trusted_data=True, uses_poisoned_model=True, knows_budget=False,
                          knows_trigger=False)
+    cost = "one fine-tune per training sample"
     options = [
         Option("n", int, 50, "verified clean training images RONI starts its trusted set from (ART's x_val)",
                check=positive),
