@@ -63,6 +63,33 @@ class BadRejects(ptk.Defense):
         return ptk.DefenseResult(predictor=ctx.poisoned_model, rejects=lambda x: torch.zeros(len(x)))
 
 
+def corner_brightness(x: torch.Tensor) -> torch.Tensor:
+    """A per-input score: the mean of the bottom-right 4x4 patch, where art-backdoor's pattern goes."""
+    return x[:, :, -4:, -4:].float().mean(dim=(1, 2, 3))
+
+
+class CornerScores(ptk.Defense):
+    """A test-time detector that only scores inputs (no threshold): its filter AUROC is checked by hand."""
+
+    name = "goal-corner-scores"
+    description = "scores inputs by their bottom-right brightness"
+    api_version = 2
+    goals = ("backdoor",)
+
+    def defend(self, ctx: ptk.DefenseContext, options: dict[str, Any]) -> ptk.DefenseResult:
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, input_scores=corner_brightness)
+
+
+class BadScores(ptk.Defense):
+    name = "goal-bad-scores"
+    description = "returns one score too few"
+    api_version = 2
+    goals = ("backdoor",)
+
+    def defend(self, ctx: ptk.DefenseContext, options: dict[str, Any]) -> ptk.DefenseResult:
+        return ptk.DefenseResult(predictor=ctx.poisoned_model, input_scores=lambda x: torch.zeros(len(x) - 1))
+
+
 class KnowsTrigger(ptk.Defense):
     name = "goal-knows-trigger"
     description = "declares knows_trigger"
@@ -76,7 +103,7 @@ class KnowsTrigger(ptk.Defense):
 class Plugins(BlobsAndMlp):
     @ptk.hookimpl
     def register_defenses(self, register):
-        for d in (CornerFilter(), RejectAll(), BadRejects(), KnowsTrigger()):
+        for d in (CornerFilter(), RejectAll(), BadRejects(), KnowsTrigger(), CornerScores(), BadScores()):
             register(d)
 
 
@@ -129,7 +156,7 @@ def test_defense_all_skips_what_cannot_face_the_attack_and_says_why(goal_registr
     assert "goal-corner-filter" in names and "goal-knows-trigger" in names
     assert set(p.skipped) == {"influence", "bilevel", "art-roni"}  # art-roni: for its cost (test below)
     p = plan(config("labelflip", ["all"]), reg)
-    assert set(p.skipped) == {"goal-corner-filter", "art-strip", "art-roni"}
+    assert set(p.skipped) == {"goal-corner-filter", "goal-corner-scores", "goal-bad-scores", "art-strip", "art-roni"}
     assert "influence" in [e.name for e in p.defenses]
 
 
@@ -211,3 +238,24 @@ def test_defense_all_leaves_out_a_defense_that_declares_its_cost_and_says_how_to
     assert "--defense art-roni" in p.skipped["art-roni"]
     named = plan(ExperimentConfig.from_dict(merge(PRESETS["quick"], {"defenses": ["art-roni"]})), reg)
     assert [e.name for e in named.defenses] == ["art-roni"]  # named, it runs
+
+
+def test_a_detectors_input_scores_are_scored_as_a_filter_auroc_against_a_hand_computation(goal_registry, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from ptk.evaluate import triggered_test_images
+    from ptk_plugins.art._triggers import art_trigger
+
+    r = run_experiment(config("art-backdoor", ["goal-corner-scores", "goal-bad-scores"],
+                              **{"art-backdoor": {"fraction": "0.3"}}),
+                       goal_registry, save=lambda r: None, data_root=tmp_path, use_cache=False)
+    row, bad = model_row(r, "goal-corner-scores"), model_row(r, "goal-bad-scores")
+    data = Blobs().load(tmp_path, {})
+    trigger = art_trigger("pattern", data.classes.index(r["attack"]["trigger"]["target_class"]))
+    stamped = triggered_test_images(data.x_test, data.y_test, trigger)  # the same images ptk scored
+    scores = torch.cat([corner_brightness(data.x_test), corner_brightness(stamped)])
+    labels = [0] * len(data.x_test) + [1] * len(stamped)
+    assert row["filter_auroc"] == pytest.approx(roc_auc_score(labels, scores.double().numpy()), abs=1e-6)
+    assert row["filter_auroc"] > 0.5  # the pattern brightens the corner: better than chance
+    assert "rejected_clean" not in row  # scores alone refuse nothing
+    assert bad["failed"] and "input_scores returned torch.float32" in bad["error"]

@@ -87,6 +87,32 @@ def rejection_mask(rejects: Rejects, x: torch.Tensor) -> torch.Tensor:
     return mask.to(x.device)
 
 
+def input_score_vector(input_scores: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """A defense's ``input_scores`` on ``x``, checked: one finite float per image."""
+    s = input_scores(x)
+    if not isinstance(s, torch.Tensor) or not s.is_floating_point() or s.shape != (len(x),) \
+            or not torch.isfinite(s).all():
+        got = f"{s.dtype} {tuple(s.shape)}" if isinstance(s, torch.Tensor) else type(s).__name__
+        raise ValueError(f"the defense's input_scores returned {got}; expected one finite float per image, "
+                         f"({len(x)},)")
+    return s.detach().double().cpu()
+
+
+def filter_auroc(input_scores: Callable[[torch.Tensor], torch.Tensor], data: Dataset,
+                 trigger: Trigger) -> float | None:
+    """How well a test-time detector's per-input scores separate triggered test images (those not of the
+    trigger's class, stamped) from clean test images, whatever threshold it would pick: the chance a random
+    triggered image scores above a random clean one (None when there is no triggered image)."""
+    from sklearn.metrics import roc_auc_score
+
+    stamped = triggered_test_images(data.x_test, data.y_test, trigger)
+    if stamped is None:
+        return None
+    clean, hit = input_score_vector(input_scores, data.x_test), input_score_vector(input_scores, stamped)
+    labels = torch.cat([torch.zeros(len(clean)), torch.ones(len(hit))])
+    return round(float(roc_auc_score(labels.numpy(), torch.cat([clean, hit]).numpy())), 6)
+
+
 def filtered(predictor: nn.Module | Predictor, rejects: Rejects, data: Dataset, target: Target,
              trigger: Trigger | None) -> tuple[Rejection, float | None]:
     """A test-time filter's refusals (of the clean test images, the triggered ones and the target image) and,
@@ -123,6 +149,8 @@ def defense_row(name: str, out: DefenseResult, data: Dataset, target: Target, po
             measured["backdoor_asr"] = asr
     elif trigger is not None:
         measured["backdoor_asr"] = backdoor_asr(out.predictor, data.x_test, data.y_test, trigger)
+    if out.input_scores is not None and trigger is not None:
+        measured["filter_auroc"] = filter_auroc(out.input_scores, data, trigger)
     removal = None if out.removed_indices is None else removal_scores(out.removed_indices, poison)
     scores = out.scores
     if scores is None and out.sample_weights is not None:

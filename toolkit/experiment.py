@@ -293,6 +293,9 @@ def checked_defense_result(entry: Entry, out: Any) -> DefenseResult:
     if out.rejects is not None and not callable(out.rejects):
         raise bad(f"DefenseResult.rejects must be callable (uint8 images -> bool per image), got "
                   f"{type(out.rejects).__name__}")
+    if out.input_scores is not None and not callable(out.input_scores):
+        raise bad(f"DefenseResult.input_scores must be callable (uint8 images -> one float per image), got "
+                  f"{type(out.input_scores).__name__}")
     problem = json_problem(out.details)
     if problem:
         raise bad(f"DefenseResult.{problem}")

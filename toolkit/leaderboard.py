@@ -34,6 +34,14 @@ def machine_label(device: str | None, versions: str | None) -> str:
     return f"{device or '?'}{kind} / ptk {v.get('ptk', '?')} / torch {v.get('torch', '?')}"
 
 
+def detection_auroc(row: dict[str, Any]) -> float | None:
+    """A defense's threshold-free detection score: its suspicion AUROC on the training set, or, for a test-time
+    detector, its filter AUROC (triggered vs clean test images) from the row's results.json entry."""
+    if row.get("suspicion_auroc") is not None:
+        return row["suspicion_auroc"]
+    return json.loads(row["row"]).get("filter_auroc") if row.get("row") else None
+
+
 def cell_success(row: dict[str, Any], metric: str) -> bool:
     if metric == "asr":
         return (row.get("backdoor_asr") or 0.0) >= ASR_TOOK
@@ -102,7 +110,7 @@ def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -
                 "rate": wins / len(shared) if shared else None, "ci_low": lo, "ci_high": hi,
                 "mean_asr": mean([m["backdoor_asr"] for m in members if m.get("backdoor_asr") is not None]),
                 "acc_cost": mean(drops), "acc_cost_ci": t_interval(drops),
-                "auroc": mean([m["suspicion_auroc"] for m in members if m.get("suspicion_auroc") is not None]),
+                "auroc": mean([a for a in map(detection_auroc, members) if a is not None]),
                 "seconds": mean([(m["train_seconds"] or 0) + (m["defense_seconds"] or 0) for m in members]),
                 "rank": 1 + beaten_by[n], "machines": labels})
         pairs += attack_pairs

@@ -64,9 +64,15 @@ def table_rows(results: dict[str, Any]) -> list[list[str]]:
             fmt(m.get("removed_count")),
             fmt(m.get("removal_precision"), True), fmt(m.get("removal_recall"), True),
             *([fmt(m.get("rejected_clean"), True), fmt(m.get("rejected_triggered"), True)] if filters else []),
-            fmt(None if m.get("suspicion_auroc") is None else f"{m['suspicion_auroc']:.3f}"), fmt(m.get("train_seconds")),
+            fmt(auroc_text(m)), fmt(m.get("train_seconds")),
         ])
     return rows
+
+
+def auroc_text(m: dict[str, Any]) -> str | None:
+    """A model's AUROC cell: its suspicion scores' (training set), or a test-time detector's filter AUROC."""
+    auroc = m.get("suspicion_auroc", m.get("filter_auroc"))
+    return None if auroc is None else f"{auroc:.3f}"
 
 
 def text_table(results: dict[str, Any]) -> str:
@@ -106,7 +112,8 @@ def markdown(results: dict[str, Any]) -> str:
               "filter refuses to classify (a refused input counts as a failed attack). " if REJECT_COLUMNS[0] in cols
               else "") + "precision / recall: of the samples a defense removed, against the attack's true poison. "
               "AUROC: of the defense's per-sample suspicion scores against the true poison, whatever its cut "
-              "(0.5 = chance, 1 = every poisoned sample above every clean one).", ""]
+              "(0.5 = chance, 1 = every poisoned sample above every clean one); for a test-time detector, of its "
+              "per-input scores, triggered against clean test images.", ""]
     if has_backdoor_chart(results):
         lines += ["![attack success rate and clean accuracy per model](backdoor_asr.png)", ""]
     for m in results["models"]:

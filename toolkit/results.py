@@ -99,6 +99,7 @@ class ModelRow:
     target_pred: str | None = None  # an ensemble's: its plurality vote
     attack_success: bool | None = None
     backdoor_asr: float | None = None  # backdoor attacks: triggered non-target test images classified as the target
+    filter_auroc: float | None = None  # test-time detectors (input_scores): AUROC of triggered vs clean test images
     train_seconds: float | None = None  # 0 for a model from the cache
     cached: bool | None = None  # clean and poisoned models only
     defense_seconds: float | None = None

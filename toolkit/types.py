@@ -92,7 +92,10 @@ class DefenseResult:
     true poison; ``sample_weights`` is for reweighting defenses; ``scores`` is a
     per-training-sample suspicion score (higher = more likely poison), from which
     ptk reports a threshold-free AUROC against the true poison, so defenses can be
-    compared without choosing how many to remove; ``details`` holds any
+    compared without choosing how many to remove; ``input_scores`` is a test-time
+    detector's threshold-free side: given uint8 images it returns one float per image
+    (higher = more likely triggered), and ptk reports ``filter_auroc``, the AUROC of
+    triggered against clean test images, beside the reject shares; ``details`` holds any
     JSON-serialisable extras for results.json.
     """
 
@@ -102,6 +105,7 @@ class DefenseResult:
     scores: torch.Tensor | None = None
     details: dict[str, Any] = field(default_factory=dict)
     rejects: Callable[[torch.Tensor], torch.Tensor] | None = None
+    input_scores: Callable[[torch.Tensor], torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
