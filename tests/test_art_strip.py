@@ -51,6 +51,10 @@ def test_with_arts_entropy_the_filter_refuses_exactly_what_art_abstains_on():
     assert threshold == pytest.approx(float(defended.entropy_threshold), abs=0)
     np.testing.assert_array_equal(rejected.numpy(), ~predictions.any(axis=1))
     assert rejected.dtype == torch.bool and rejected.shape == (12,)
+    # its scores are minus ART's normalised entropies: refused exactly where the score reaches -threshold
+    scores = art_strip.StripFilter(ours, seed=7, entropy="art").scores(x_test)
+    assert scores.shape == (12,) and scores.is_floating_point()
+    np.testing.assert_array_equal((scores >= -threshold).numpy(), rejected.numpy())
 
 
 def test_paper_entropy_is_each_blends_entropy_over_classes_on_arts_own_blends():
@@ -123,6 +127,7 @@ def test_art_strip_catches_a_real_backdoor_and_says_what_it_costs(ptk, tmp_path)
     assert strip["rejected_triggered"] > strip["rejected_clean"] + 0.5
     assert strip["backdoor_asr"] < poisoned["backdoor_asr"] - 0.5
     assert strip["test_accuracy"] == poisoned["test_accuracy"]  # the model itself is left alone
+    assert strip["filter_auroc"] > 0.9  # its entropy ranks triggered inputs above clean ones
     assert "| rej. clean | rej. trig. |" in (out / "report.md").read_text()
 
 

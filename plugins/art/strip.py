@@ -34,6 +34,7 @@ ART's algorithm is kept; ptk adapts what ART cannot know:
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -74,20 +75,22 @@ ENTROPIES = ("paper", "art")
 
 
 @contextmanager
-def strip_entropy(kind: str) -> Iterator[None]:
-    """Within the block, ART's STRIP takes ``kind``'s entropy: ``art`` leaves ART as it is; ``paper`` makes its
-    one ``entropy(predictions, base=2, axis=0)`` call per input take each blend's entropy over the classes."""
-    if kind == "art":
-        yield
-        return
+def strip_entropy(kind: str, seen: list[float] | None = None) -> Iterator[None]:
+    """Within the block, ART's STRIP takes ``kind``'s entropy: ``art`` leaves ART's as it is; ``paper`` makes its
+    one ``entropy(predictions, base=2, axis=0)`` call per input take each blend's entropy over the classes.
+    With ``seen``, each call's summed entropy is appended to it: ART divides that by its number of blends and
+    compares it with its threshold, so it is the input's STRIP score (low: suspect)."""
     from art.estimators.poison_mitigation.strip import strip as art_strip  # ART only when run (see _bridge)
 
     original = art_strip.entropy
 
-    def per_blend(predictions: np.ndarray, base: float | None = None, axis: int = 0) -> np.ndarray:
-        return original(predictions, base=base, axis=1)
+    def patched(predictions: np.ndarray, base: float | None = None, axis: int = 0) -> np.ndarray:
+        out = original(predictions, base=base, axis=1 if kind == "paper" else axis)
+        if seen is not None:
+            seen.append(float(np.sum(out)))
+        return out
 
-    art_strip.entropy = per_blend
+    art_strip.entropy = patched
     try:
         yield
     finally:
@@ -95,18 +98,33 @@ def strip_entropy(kind: str) -> Iterator[None]:
 
 
 class StripFilter:
-    """A calibrated STRIP as ptk's ``DefenseResult.rejects``: uint8 images in, True where STRIP abstains."""
+    """A calibrated STRIP as ptk's ``DefenseResult.rejects`` (uint8 images in, True where STRIP abstains) and
+    ``input_scores`` (minus each input's normalised entropy: higher is more suspect). One pass of ART's
+    ``predict`` gives both; the last images' answers are kept, so asking both of the same images costs one."""
 
     def __init__(self, strip, seed: int, entropy: str) -> None:
         self.strip = strip
         self.seed = seed
         self.entropy = entropy
+        self.last: tuple[str, torch.Tensor, torch.Tensor] | None = None
+
+    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = hashlib.sha256(x.cpu().numpy().tobytes()).hexdigest() + str(tuple(x.shape))
+        if self.last is None or self.last[0] != key:
+            seen: list[float] = []
+            with quiet_art(), numpy_global_seed(self.seed), strip_entropy(self.entropy, seen):
+                predictions = self.strip.predict(art_images(x))
+            # ART abstains with an all-zero row; a softmax row sums to one
+            refused = torch.from_numpy(~predictions.any(axis=1)).to(x.device)
+            scores = -torch.tensor(seen, dtype=torch.float64, device=x.device) / self.strip.num_samples
+            self.last = (key, refused, scores)
+        return self.last[1], self.last[2]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with quiet_art(), numpy_global_seed(self.seed), strip_entropy(self.entropy):
-            predictions = self.strip.predict(art_images(x))
-        # ART abstains with an all-zero row; a softmax row sums to one
-        return torch.from_numpy(~predictions.any(axis=1)).to(x.device)
+        return self.run(x)[0]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x)[1]
 
 
 def calibrate(strip, x_clean: np.ndarray, seed: int, entropy: str) -> float:
@@ -146,7 +164,8 @@ class ArtStrip(Defense):
         threshold = calibrate(strip, art_images(x_clean), ctx.seed, options["entropy"])
         details = {"art_version": art_version(), "entropy": options["entropy"],
                    "entropy_threshold": round(threshold, 6), "calibration_images": len(x_clean)}
-        return DefenseResult(predictor=ctx.poisoned_model, rejects=StripFilter(strip, ctx.seed, options["entropy"]),
+        strip_filter = StripFilter(strip, ctx.seed, options["entropy"])
+        return DefenseResult(predictor=ctx.poisoned_model, rejects=strip_filter, input_scores=strip_filter.scores,
                              details=details)
 
 
