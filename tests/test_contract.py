@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import ptk
 from ptk.experiment import run_experiment
 
-from .plugins.blobs import BlobsAndMlp, blobs_config
+from .plugins.blobs import BlobsAndMlp, TinyNet, blobs_config
 
 
 class TensorDetails(ptk.Defense):
@@ -139,3 +140,60 @@ def test_every_public_name_the_docs_use_imports():
     assert "GOALS" in text and hasattr(ptk, "GOALS")
     missing = sorted(n for n in imported if n and not hasattr(ptk, n))
     assert not missing, f"docs import names ptk does not export: {missing}"
+
+
+class MapFeatures(TinyNet):
+    """features(x) returns a feature map, not one vector per image."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return super().features(x).view(len(x), 4, 2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+class OtherHead(TinyNet):
+    """head(features(x)) is not forward(x)."""
+
+    def head(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.fc(feats) + 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+class BadModel(ptk.ModelSpec):
+    name = "c-bad-model"
+    description = "breaks the model contract as its option says"
+    options = [ptk.Option("mistake", str, "features", "which mistake", choices=("features", "head", "module"))]
+
+    def build(self, num_classes, image_shape, options):
+        if options["mistake"] == "module":
+            return "not a module"
+        return (MapFeatures if options["mistake"] == "features" else OtherHead)(num_classes, image_shape)
+
+
+class BadModelPlugin(BlobsAndMlp):
+    @ptk.hookimpl
+    def register_models(self, register):
+        super().register_models(register)
+        register(BadModel())
+
+
+@pytest.mark.parametrize("mistake, message", [
+    ("features", "features(x) returns (2, 4, 2, 2) for 2 images; expected N x D"),
+    ("head", "head(features(x)) differs from forward(x)"),
+    ("module", "returned str; it must return a torch.nn.Module"),
+])
+def test_a_model_that_breaks_the_contract_is_named_before_any_training(registry, tmp_path, mistake, message):
+    from ptk.config import ExperimentConfig
+
+    reg = registry(BadModelPlugin())
+    config = ExperimentConfig(dataset="api-blobs", model="c-bad-model", attack="labelflip", defenses=["none"],
+                              epochs=1, device="cpu", options={"c-bad-model": {"mistake": mistake},
+                                                              "labelflip": {"budget": 5}})
+    saved: list[dict] = []
+    with pytest.raises(ptk.PluginError, match="model 'c-bad-model'") as info:
+        run_experiment(config, reg, save=saved.append, use_cache=False, data_root=tmp_path)
+    assert message in str(info.value)
+    assert saved == []  # nothing trained, nothing written

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 import numpy
 import torch
+from torch import nn
 
 from .version import __version__
 from .api import all_refusal, goal_refusal
@@ -225,6 +226,44 @@ def call_plugin(entry: Entry, method: str, *args: Any) -> Any:
         raise plugin_failure(entry, f"{method}()", exc) from exc
 
 
+def checked_model(entry: Entry, net: Any, num_classes: int, image_shape: tuple[int, ...]) -> None:
+    """The model contract, checked on the module ``build()`` returned, on two images, before any training:
+    an ``nn.Module`` whose forward gives N x classes logits, whose ``features(x)`` gives one vector per image
+    (N x D: defenses cluster and compare them) and, where it has a ``head``, ``head(features(x)) == forward(x)``.
+    A break is the model plugin's bug, named here rather than deep inside a defense."""
+    def bad(problem: str) -> PluginError:
+        return PluginError(f"model {entry.name!r} (plugin {entry.source}, {entry.dist}): build() {problem}")
+
+    if not isinstance(net, nn.Module):
+        raise bad(f"returned {type(net).__name__}; it must return a torch.nn.Module")
+    if not callable(getattr(net, "features", None)):
+        raise bad("returned a module without a features(x) method (penultimate-layer activations, N x D)")
+    x = torch.rand(2, *image_shape, generator=torch.Generator().manual_seed(0))
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            logits, feats = net(x), net.features(x)
+            head = getattr(net, "head", None)
+            flat = isinstance(feats, torch.Tensor) and feats.dim() == 2
+            again = head(feats) if callable(head) and flat else None
+    except Exception as exc:
+        raise bad(f"gave a module that fails on a batch of 2 images {tuple(x.shape)}: {type(exc).__name__}: {exc}") \
+            from exc
+    finally:
+        net.train(was_training)
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (2, num_classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise bad(f"gave a module whose forward returns {got} for 2 images; expected (2, {num_classes}) logits")
+    if not isinstance(feats, torch.Tensor) or feats.dim() != 2 or feats.shape[0] != 2:
+        got = tuple(feats.shape) if isinstance(feats, torch.Tensor) else type(feats).__name__
+        raise bad(f"gave a module whose features(x) returns {got} for 2 images; expected N x D, one vector per "
+                  "image (flatten or pool the activations)")
+    if again is not None and not torch.allclose(again, logits, rtol=1e-4, atol=1e-4):
+        raise bad("gave a module whose head(features(x)) differs from forward(x) (by up to "
+                  f"{(again - logits).abs().max().item():.3g}); head must map features to the same logits")
+
+
 def checked_trigger(entry: Entry, poisoning: Poisoning, data) -> Trigger | None:
     """The trigger of a ``backdoor`` attack's poisoning; a missing one (backdoor), an unexpected one (any other
     goal) or a target class outside the data set is the attack's bug, reported naming it."""
@@ -419,6 +458,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     session = new_session(p, data, ModelCache(cache_dir(cache_root) if use_cache else None))
     # build the model once now, so a broken model plugin fails before any training
     probe = call_plugin(p.model, "build", data.num_classes, data.image_shape, p.options[p.model.name])
+    checked_model(p.model, probe, data.num_classes, tuple(data.image_shape))
     pretrained = ({"sha256": probe.pretrained_sha256, "source": str(getattr(probe, "pretrained_source", ""))}
                   if getattr(probe, "pretrained_sha256", None) else None)
     results = RunResults(
