@@ -62,3 +62,31 @@ def test_the_report_covers_the_current_grid_and_says_what_it_left_out(ptk, tmp_p
     ptk("sweep", "report", db, "--out", tmp_path / "all", "--all-cells")
     rates = json.loads((tmp_path / "all" / "rates.json").read_text())
     assert {r["model"]: r["n"] for r in rates["rates"]} == {"clean": 2, "poisoned": 2}
+
+
+def test_complete_cells_whose_rows_were_deleted_are_noticed_and_restored_from_their_results_file(ptk, tmp_path):
+    db = tmp_path / "sweep.db"
+    store = SweepStore(db)
+    finished(store, "a", 0, True)
+    finished(store, "b", 1, False)
+    store.close()
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    (cells / "a.json").write_text(json.dumps({"status": "complete", "config": {"seed": 0},
+                                              "attack": {"name": "labelflip"},
+                                              "models": [{"name": "clean", "test_accuracy": 0.9},
+                                                         {"name": "poisoned", "test_accuracy": 0.8,
+                                                          "attack_success": True}]}))
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    con.execute("DELETE FROM models")  # by hand, behind ptk's back
+    con.commit()
+    con.close()
+    assert "2 complete cells have no model rows" in ptk("sweep", "status", db).output
+    store = SweepStore(db)
+    restored, reset = store.repair(cells)
+    assert (restored, reset) == (["a"], ["b"])  # b has no results file: it will rerun
+    got = {r["name"]: r["attack_success"] for r in store.models()}
+    assert got == {"clean": None, "poisoned": 1} and store.status() == {"a": "complete", "b": "pending"}
+    store.close()

@@ -97,6 +97,10 @@ def _drive(cells, db, run, title, device, registry, meta, cache_root) -> dict[st
     try:
         for key, value in meta.items():
             store.set_meta(key, value)
+        restored, reset = store.repair(db.parent / "cells")
+        if restored or reset:
+            click.echo(f"{len(restored)} complete cells had lost their model rows and got them back from "
+                       f"{db.parent / 'cells'}; {len(reset)} without a results file will rerun", err=True)
         for cell in cells:
             store.add_cell(cell.id, cell.config.to_dict(), cell.values)
         done = store.status()
@@ -251,10 +255,13 @@ def status(db: Path) -> None:
     """Counts of pending, running, complete and failed cells, and the errors of failed ones."""
     store = open_store(db)
     try:
-        counts = store.counts()
+        counts, rowless = store.counts(), store.rowless()
         errors = store.db.execute("SELECT grid_values, error FROM cells WHERE status='failed'").fetchall()
     finally:
         store.close()
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+    if rowless:
+        click.echo(f"{len(rowless)} complete cells have no model rows (deleted?); `ptk sweep run` restores them "
+                   "from cells/<id>.json")
     for values, error in errors:
         click.echo(f"failed {values}: {error}")

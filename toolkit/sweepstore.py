@@ -159,6 +159,28 @@ class SweepStore:
     def close(self) -> None:
         self.db.close()
 
+    def rowless(self) -> list[str]:
+        """Complete cells with no model row: rows deleted by hand (or by a tool), the cell's results still in
+        ``cells/<id>.json``."""
+        return [r[0] for r in self.db.execute(
+            "SELECT cell_id FROM cells c WHERE status='complete' AND NOT EXISTS "
+            "(SELECT 1 FROM models m WHERE m.cell_id = c.cell_id)")]
+
+    def repair(self, results_dir: Path) -> tuple[list[str], list[str]]:
+        """Complete cells without model rows get them back from ``results_dir/<id>.json``; a cell whose file is
+        gone or unreadable goes back to pending (it reruns). Returns (restored, reset) cell ids."""
+        restored, reset = [], []
+        for cell in self.rowless():
+            try:
+                results = json.loads((results_dir / f"{cell}.json").read_text())
+                seconds = self.db.execute("SELECT seconds FROM cells WHERE cell_id=?", (cell,)).fetchone()[0]
+                self.finish(cell, results, seconds or 0.0)
+                restored.append(cell)
+            except (OSError, ValueError, KeyError, TypeError):
+                self.db.execute("UPDATE cells SET status='pending', finished=NULL WHERE cell_id=?", (cell,))
+                reset.append(cell)
+        return restored, reset
+
     def cell_ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT cell_id FROM cells")}
 
