@@ -90,3 +90,25 @@ def test_complete_cells_whose_rows_were_deleted_are_noticed_and_restored_from_th
     got = {r["name"]: r["attack_success"] for r in store.models()}
     assert got == {"clean": None, "poisoned": 1} and store.status() == {"a": "complete", "b": "pending"}
     store.close()
+
+
+def test_a_full_disk_stops_the_sweep_in_one_line_and_puts_the_cell_back_to_pending(ptk, tmp_path, monkeypatch):
+    import errno
+
+    import ptk.executors as executors
+
+    def computed(cfg, *args, **kwargs):  # the cell's run, done: only recording it is left
+        return executors.Outcome({"status": "complete", "config": cfg.to_dict(), "models": []}, None, 1.0, "h", "cpu")
+
+    def disk_full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(executors, "run_cell", computed)
+    monkeypatch.setattr(executors, "write_json", disk_full)
+    grid, db = tmp_path / "g.toml", tmp_path / "s" / "sweep.db"
+    write_grid(grid, GRID)
+    out = ptk("sweep", "run", grid, "--db", db, expect=1).output
+    assert "No space left on device" in out and "rerun" in out and "Traceback" not in out
+    store = SweepStore(db, readonly=True)
+    assert set(store.status().values()) == {"pending"}
+    store.close()

@@ -12,10 +12,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+import click
 
 from .atomic import write_json
 from .config import ExperimentConfig
@@ -89,16 +92,34 @@ class Recorder:
 
     def record(self, cell: Cell, out: Outcome) -> None:
         done = self.counts["complete"] + self.counts["failed"] + 1
-        if out.results is not None:
-            write_json(self.results_dir / f"{cell.id}.json", out.results)
-            status = self.store.finish(cell.id, out.results, out.seconds, out.host, out.device)
-        else:
-            self.store.fail(cell.id, out.error or "unknown error", out.seconds, out.host, out.device)
-            status = "failed"
+        try:
+            if out.results is not None:
+                write_json(self.results_dir / f"{cell.id}.json", out.results)
+                status = self.store.finish(cell.id, out.results, out.seconds, out.host, out.device)
+            else:
+                self.store.fail(cell.id, out.error or "unknown error", out.seconds, out.host, out.device)
+                status = "failed"
+        except (OSError, sqlite3.Error) as exc:  # a full disk, a store gone read-only: stop, lose nothing finished
+            self.store_failed(cell, exc)
         self.counts[status] += 1
         next(self.bar, None)
         why = f": {out.error}" if out.error else ""
         self.echo(f"cell {done}/{self.todo} ({cell.label}): {status} in {out.seconds:.1f} s on {out.host}{why}")
+
+    def store_failed(self, cell: Cell, exc: BaseException) -> None:
+        """The outcome of ``cell`` could not be written: put the cell back to pending (its models stay in the
+        model cache, so the rerun is cheap) and stop the sweep with one line."""
+        try:
+            self.store.release(cell.id)
+        except sqlite3.Error:
+            pass  # the store cannot be written at all: the cell stays `running`, and reruns all the same
+        raise click.ClickException(f"cannot record cell {cell.label} in {self.store.path}: {store_error(exc)}; "
+                                   "free space (or fix the store's folder) and rerun: finished cells are kept, "
+                                   "this one reruns from the model cache")
+
+
+def store_error(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
 def run_local(todo: list[Cell], recorder: Recorder, registry: Registry, data_root: Path | None, cache_root: Path | None,
