@@ -99,3 +99,20 @@ def test_a_worker_killed_mid_cell_is_retried_and_no_row_is_lost_or_duplicated(tm
     assert all(c["status"] == "complete" for c in cells(db).values())
     got = rows(db)
     assert len(got) == 2 * 2 and len({(r["cell_id"], r["name"]) for r in got}) == 4  # clean + poisoned per cell
+
+
+def test_a_cell_asking_more_than_the_cluster_has_is_refused_before_any_task(ptk, tmp_path):
+    grid, db = tmp_path / "g.toml", tmp_path / "s" / "sweep.db"
+    write_grid(grid, "seed = [0]\n")
+    out = ptk("sweep", "run", grid, "--db", db, "--executor", "ray", "--cpus-per-cell", "4096", expect=2).output
+    assert "--cpus-per-cell 4096" in out and "no cell could ever start" in out
+    assert {c["status"] for c in cells(db).values()} == {"pending"}  # nothing ran
+
+
+def test_resource_check_by_hand():
+    from ptk.errors import UsageError
+    from ptk.executors import check_resources
+
+    check_resources(2, 0, {"CPU": 2.0})
+    with pytest.raises(UsageError, match="--gpus-per-cell 1: the Ray cluster has 0 GPUs"):
+        check_resources(1, 1, {"CPU": 2.0})

@@ -173,6 +173,15 @@ def connect_ray(settings: RaySettings):
     return ray
 
 
+def check_resources(cpus: float, gpus: float, total: dict[str, float]) -> None:
+    """A cell asking for more than the whole cluster has would wait for ever: refused before any task starts."""
+    for name, want, flag in (("CPU", cpus, "--cpus-per-cell"), ("GPU", gpus, "--gpus-per-cell")):
+        have = total.get(name, 0.0)
+        if want > have:
+            raise UsageError(f"{flag} {want:g}: the Ray cluster has {have:g} {name}s in all, so no cell could "
+                             f"ever start; ask for at most {have:g}")
+
+
 def run_ray(todo: list[Cell], recorder: Recorder, settings: RaySettings, data_root: Path | None,
             cache_root: Path | None) -> None:
     """Every cell a Ray task. Per clean model (see :func:`clean_key`) one cell goes first; the others of
@@ -188,9 +197,11 @@ def run_ray(todo: list[Cell], recorder: Recorder, settings: RaySettings, data_ro
 
 def _run_ray(ray, todo: list[Cell], recorder: Recorder, settings: RaySettings, data_root: Path | None,
              cache_root: Path | None) -> None:
+    total = ray.cluster_resources()
     gpus = settings.gpus_per_cell
     if gpus is None:
-        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        gpus = 1.0 if total.get("GPU", 0) > 0 else 0.0
+    check_resources(settings.cpus_per_cell, gpus, total)
     task = ray.remote(_ray_cell).options(num_cpus=settings.cpus_per_cell, num_gpus=gpus,
                                          max_retries=settings.max_retries, retry_exceptions=False)
     groups: dict[str, list[Cell]] = {}
