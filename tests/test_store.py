@@ -112,3 +112,12 @@ def test_a_full_disk_stops_the_sweep_in_one_line_and_puts_the_cell_back_to_pendi
     store = SweepStore(db, readonly=True)
     assert set(store.status().values()) == {"pending"}
     store.close()
+
+
+def test_an_empty_file_becomes_a_store(tmp_path):
+    db = tmp_path / "new.db"
+    db.touch()
+    store = SweepStore(db)
+    store.add_cell("c", {}, {})
+    store.close()
+    assert SweepStore(db, readonly=True).status() == {"c": "pending"}

@@ -75,9 +75,12 @@ def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto
     from .paths import cache_dir as resolve_cache
     from .registry import load_registry
     from .sweep import check_cells
+    from .sweepstore import SweepStore
 
     if run.executor == "ray" and importlib.util.find_spec("ray") is None:  # refused before a store is created
         raise UsageError("--executor ray needs Ray: pip install 'ptk-poison[ray]'")
+    if db.is_dir() or (db.exists() and db.stat().st_size):  # a store path that cannot be a store is refused before the pre-check's work
+        SweepStore(db, readonly=True).close()
     registry = registry or load_registry()
     check_cells(cells, registry, run.data_dir)
     # resolved here, so a Ray worker on another node gets the driver's paths (on a shared filesystem)
