@@ -259,3 +259,33 @@ def test_a_detectors_input_scores_are_scored_as_a_filter_auroc_against_a_hand_co
     assert row["filter_auroc"] > 0.5  # the pattern brightens the corner: better than chance
     assert "rejected_clean" not in row  # scores alone refuse nothing
     assert bad["failed"] and "input_scores returned torch.float32" in bad["error"]
+
+
+def test_a_pipeline_runs_a_filter_on_what_a_sanitizer_produced(goal_registry, tmp_path):
+    r = run_experiment(config("art-backdoor", ["loss-outliers", "goal-corner-filter", "loss-outliers+goal-corner-filter",
+                                               "goal-corner-filter+loss-outliers"],
+                              **{"art-backdoor": {"fraction": "0.3"}}),
+                       goal_registry, save=lambda r: None, data_root=tmp_path, use_cache=False)
+    alone, corner = model_row(r, "loss-outliers"), model_row(r, "goal-corner-filter")
+    both = model_row(r, "loss-outliers+goal-corner-filter")
+    # stage 1 is loss-outliers as it runs alone (same data, seed, recipe): the same removal and model ...
+    assert both["removed_indices"] == alone["removed_indices"]
+    assert both["test_accuracy"] == alone["test_accuracy"]  # the filter keeps stage 1's model as its classifier
+    assert both["suspicion_auroc"] == alone["suspicion_auroc"]
+    # ... and stage 2 filters exactly as it does alone (its rule reads only the inputs)
+    assert both["rejected_clean"] == corner["rejected_clean"]
+    assert both["rejected_triggered"] == corner["rejected_triggered"]
+    assert both["threat_model"] == alone["threat_model"]  # the union of the two stages' (the filter reads nothing)
+    assert [s["stage"] for s in both["details"]["stages"]] == ["loss-outliers", "goal-corner-filter"]
+    assert r["plugins"]["loss-outliers"]["kind"] == "defense" and "loss-outliers+goal-corner-filter" not in r["plugins"]
+    wrong = model_row(r, "goal-corner-filter+loss-outliers")
+    assert wrong["failed"] and "only the last stage" in wrong["error"]
+
+
+def test_a_pipeline_stage_is_checked_like_a_defense(goal_registry):
+    with pytest.raises(UsageError, match="no defense 'loss-outlier'|loss-outlier"):
+        plan(config("art-backdoor", ["loss-outlier+goal-corner-filter"]), goal_registry)
+    with pytest.raises(UsageError, match="'influence\\+goal-corner-filter' defends only against"):
+        plan(config("art-backdoor", ["influence+goal-corner-filter"]), goal_registry)  # influence: target only
+    with pytest.raises(UsageError, match="loss-outliers.nope"):
+        plan(config("labelflip", ["loss-outliers+ensemble"], **{"loss-outliers": {"nope": "1"}}), goal_registry)

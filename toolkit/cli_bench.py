@@ -51,13 +51,14 @@ def bench_defenses(suite, names: tuple[str, ...], registry) -> dict[str, list[st
     """The defenses to run per attack label: the named ones (``all``: every installed defense that can face
     the attack, the others skipped with a note); a named defense that cannot face an attack is refused."""
     from .api import all_refusal, goal_refusal
+    from .pipeline import defense_entry
 
     out: dict[str, list[str]] = {}
     for a in suite.attacks:
         attack = registry.get("attack", a.attack).plugin
         chosen = []
         for name in dict.fromkeys(n for d in names for n in (registry.names("defense") if d == "all" else [d])):
-            defense = registry.get("defense", name).plugin
+            defense = defense_entry(registry, name).plugin
             why = goal_refusal(defense, attack) if name in names else all_refusal(defense, attack)
             if why is None:
                 chosen.append(name)
