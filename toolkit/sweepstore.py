@@ -272,7 +272,7 @@ def model_rows(cell_id: str, results: dict[str, Any]) -> Iterator[tuple]:
     for m in results.get("models", []):
         probs = m.get("target_probs", {})
         success = m.get("attack_success")
-        slim = {k: v for k, v in m.items() if k != "removed_indices"}  # indices stay in results.json, not here
+        slim = {k: v for k, v in m.items() if k not in ("removed_indices", "suspicion_roc")}  # in results.json only
         yield (cell_id, m["name"], results["config"]["seed"], attack.get("name"), budget, target.get("index"), src,
                tgt, m.get("test_accuracy"), probs.get(src), probs.get(tgt), m.get("target_pred"),
                None if success is None else int(success), m.get("backdoor_asr"), m.get("rejected_clean"),
