@@ -197,3 +197,47 @@ def test_a_model_that_breaks_the_contract_is_named_before_any_training(registry,
         run_experiment(config, reg, save=saved.append, use_cache=False, data_root=tmp_path)
     assert message in str(info.value)
     assert saved == []  # nothing trained, nothing written
+
+
+SEEN: dict[str, torch.Tensor] = {}
+
+
+class Calibrates(ptk.Defense):
+    """Asks for trusted data and keeps what it got beside the training set it was given."""
+
+    name = "c-calibrates"
+    description = "records its trusted images"
+    threat = ptk.ThreatModel(trusted_data=True)
+
+    def defend(self, ctx: ptk.DefenseContext, options) -> ptk.DefenseResult:
+        SEEN["trusted"], _ = ctx.trusted_data(20)
+        SEEN["train"] = ctx.data.x_train
+        return ptk.DefenseResult(predictor=ctx.poisoned_model)
+
+
+class CalibratesPlugin(BlobsAndMlp):
+    @ptk.hookimpl
+    def register_defenses(self, register):
+        register(Calibrates())
+
+
+def test_a_trusted_hold_out_gives_defenses_clean_images_no_model_trained_on(registry, tmp_path):
+    reg = registry(CalibratesPlugin())
+    base = blobs_config("labelflip", ["c-calibrates"], labelflip={"budget": 5})
+    whole = run_experiment(base, reg, save=lambda r: None, use_cache=False, data_root=tmp_path)
+    SEEN.clear()
+    held = run_experiment(blobs_config("labelflip", ["c-calibrates"], labelflip={"budget": 5},
+                                       trusted={"holdout": "30"}),
+                          reg, save=lambda r: None, use_cache=False, data_root=tmp_path)
+    assert held["data"]["train_size"] == whole["data"]["train_size"] - 30
+    assert held["resolved"]["trusted_holdout"] == 30
+    flat = lambda x: {bytes(img.cpu().numpy().tobytes()) for img in x}
+    assert len(SEEN["trusted"]) == 20 and not flat(SEEN["trusted"]) & flat(SEEN["train"])  # never trained on
+    row = next(m for m in held["models"] if m["name"] == "c-calibrates")
+    assert "held out: 30 images no model trained on" in row["threat_model"]
+    with pytest.raises(ptk.UsageError, match="trusted.holdout must be a whole number"):
+        run_experiment(blobs_config("labelflip", ["c-calibrates"], trusted={"holdout": "-1"}), reg,
+                       save=lambda r: None, use_cache=False, data_root=tmp_path)
+    with pytest.raises(ptk.UsageError, match="unknown option trusted.size"):
+        run_experiment(blobs_config("labelflip", ["c-calibrates"], trusted={"size": "1"}), reg,
+                       save=lambda r: None, use_cache=False, data_root=tmp_path)

@@ -8,6 +8,7 @@ swapped pair of positional tensors would train on the wrong labels without an er
 
 from __future__ import annotations
 
+import logging
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator, TypeVar
 
@@ -24,6 +25,7 @@ from .train import features as penultimate_features
 from .types import Target, ThreatModel, Trigger
 
 T = TypeVar("T")
+log = logging.getLogger("ptk")
 
 
 class BaseContext:
@@ -107,7 +109,7 @@ class DefenseContext(BaseContext):
     def __init__(self, *, session: Session, data: Dataset, options_of: dict[str, dict[str, Any]],
                  poisoned_model: Network, target: Target, threat: ThreatModel, attack_budget: int,
                  clean_labels: torch.Tensor, poison_indices: torch.Tensor, defense_name: str,
-                 trigger: Trigger | None = None) -> None:
+                 trigger: Trigger | None = None, trusted_pool: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__(session=session, data=data, options_of=options_of)
         self.poisoned_model = poisoned_model
         self.threat = threat
@@ -117,6 +119,7 @@ class DefenseContext(BaseContext):
         self._poison = poison_indices
         self._name = defense_name
         self._trigger = trigger
+        self._trusted_pool = trusted_pool
 
     @property
     def target(self) -> Target:
@@ -156,11 +159,20 @@ class DefenseContext(BaseContext):
         return self.train(keep=keep.nonzero().squeeze(1), desc=desc)
 
     def trusted_data(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` training images with verified clean labels (stratified; never a poisoned sample)."""
+        """``n`` images with verified clean labels (stratified; never a poisoned sample). With the run's
+        ``-o trusted.holdout=N`` they come from the N images held out before training, which no model of the run
+        trained on (at most N); without it, from the training set."""
         if not self.threat.trusted_data:
             raise ThreatModelViolation(
                 f"defense {self._name!r} asked for trusted data but its threat model says trusted_data=False"
             )
+        if self._trusted_pool is not None:
+            x, y = self._trusted_pool
+            if n > len(y):
+                log.warning("ptk: %s asked for %d trusted images; the run holds out %d (-o trusted.holdout): "
+                            "using those", self._name, n, len(y))
+            pick = stratified_indices(y, min(n, len(y)), self.seed + 7)
+            return x[pick], y[pick]
         mask = torch.ones(len(self._clean_labels), dtype=torch.bool, device=self._clean_labels.device)
         mask[self._poison] = False
         pool = mask.nonzero().squeeze(1)

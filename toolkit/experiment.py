@@ -25,7 +25,8 @@ from .pipeline import defense_entry, plugin_entries
 from .errors import DataMissing, UsageError
 from .types import Poisoning, Trigger
 from .cache import ModelCache, tensor_digest
-from .config import ExperimentConfig
+from .config import ExperimentConfig, short
+from .data import stratified_indices
 from .context import AttackContext, DefenseContext
 from .session import Session
 from .types import Target
@@ -90,7 +91,7 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
     used = {e.name: e for e in [dataset, model, attack, *plugin_entries(defenses)]}
     registered = {e.name for e in registry.all()}
     for owner in config.options:
-        if owner not in registered and owner != RECIPE_OPTIONS:
+        if owner not in registered and owner not in (RECIPE_OPTIONS, TRUSTED_OPTIONS):
             close = difflib.get_close_matches(owner, sorted(registered), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise UsageError(f"options given for {owner!r}, which no installed plugin registers.{hint}")
@@ -120,12 +121,51 @@ def plan_recipe(config: ExperimentConfig) -> Recipe:
 
 
 def load_data(p: Plan, data_root: Path | None):
-    """The plan's data set, subset as configured (``data_root`` None: the default data directory)."""
+    """The plan's data set, subset as configured, the trusted hold-out (if any) taken out of its training set
+    (``data_root`` None: the default data directory)."""
+    return load_run_data(p, data_root)[0]
+
+
+#: ``-o trusted.holdout=N``: N clean training images reserved before any training, for defenses that declare
+#: trusted data (ThreatModel(trusted_data=True)) to calibrate on images no model of the run trained on.
+TRUSTED_OPTIONS = "trusted"
+
+
+def trusted_holdout(config: ExperimentConfig) -> int:
+    """The run's ``-o trusted.holdout=N`` (0: none; trusted data then come from the training set)."""
+    given = dict(config.options.get(TRUSTED_OPTIONS, {}))
+    unknown = sorted(set(given) - {"holdout"})
+    if unknown:
+        raise UsageError(f"unknown option trusted.{unknown[0]}; the trusted options are: trusted.holdout=N")
+    raw = given.get("holdout", 0)
+    try:
+        n = int(raw) if not isinstance(raw, bool) and float(raw) == int(float(raw)) else -1
+    except (TypeError, ValueError):
+        n = -1
+    if n < 0:
+        raise UsageError(f"option trusted.holdout must be a whole number of images >= 0, got {short(raw)}")
+    return n
+
+
+def load_run_data(p: Plan, data_root: Path | None) -> tuple[Any, tuple[torch.Tensor, torch.Tensor] | None]:
+    """The run's data and its trusted pool: ``-o trusted.holdout=N`` stratified, seeded training images taken
+    out before any model trains (None without a hold-out)."""
     try:
         data = call_plugin(p.dataset, "load", data_dir(data_root), p.options[p.dataset.name])
     except DataMissing as exc:
         raise UsageError(str(exc)) from None
-    return data.subset(p.config.subset, p.config.test_subset, p.config.seed)
+    data = data.subset(p.config.subset, p.config.test_subset, p.config.seed)
+    n = trusted_holdout(p.config)
+    if not n:
+        return data, None
+    if n > len(data.y_train) - 2 * data.num_classes:
+        raise UsageError(f"trusted.holdout={n} leaves too few of the {len(data.y_train)} training images to train "
+                         f"on; hold out fewer")
+    pool = stratified_indices(data.y_train, n, p.config.seed + 11)
+    rest = torch.ones(len(data.y_train), dtype=torch.bool, device=data.y_train.device)
+    rest[pool] = False
+    kept = type(data)(data.name, data.x_train[rest], data.y_train[rest], data.x_test, data.y_test, data.classes)
+    return kept, (data.x_train[pool], data.y_train[pool])
 
 
 def check_against_data(p: Plan, data) -> tuple[int, int]:
@@ -248,7 +288,8 @@ def run_images(data, poisoning: Poisoning, poison_idx: torch.Tensor, trigger: Tr
 
 def run_models(p: Plan, session: Session, data, source: int, target_class: int, run: Run,
                on_error: Callable[[str, str], None] | None,
-               on_images: Callable[[RunImages], None] | None = None) -> None:
+               on_images: Callable[[RunImages], None] | None = None,
+               trusted: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     """Clean model, target, attack, poisoned model, then each defense; ``run`` saves after every model, and
     ``on_images`` gets the pixels report.html shows once the attack has poisoned."""
     results, attack_opts = run.results, p.options[p.attack.name]
@@ -282,14 +323,17 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
         ctx = DefenseContext(session=session, data=poisoned_data, options_of=p.options, poisoned_model=poisoned.model,
                              target=target, threat=entry.plugin.threat, attack_budget=len(poison_idx),
                              clean_labels=data.y_train, poison_indices=poison_idx, defense_name=entry.name,
-                             trigger=trigger)
+                             trigger=trigger, trusted_pool=trusted)
         before = len(session.trained)
         try:
             with Timer() as timer:
                 out = checked_defense_result(entry, entry.plugin.defend(ctx, p.options[entry.name]))
             row = defense_row(entry.name, out, data, target, poison_idx, len(poisoned_data.y_train), trigger,
                               train_seconds=round(session.training_seconds(since=before), 3),
-                              defense_seconds=round(timer.seconds, 3), threat_model=entry.plugin.threat.describe())
+                              defense_seconds=round(timer.seconds, 3),
+                              threat_model=entry.plugin.threat.describe() + (
+                                  f" (held out: {len(trusted[1])} images no model trained on)"
+                                  if trusted is not None and entry.plugin.threat.trusted_data else ""))
         except BaseException as exc:  # one failing defense (even one calling sys.exit) must not cost the others
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -316,9 +360,10 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     """Run one experiment; ``save`` is called with the results after every model, ``on_images`` (if given)
     with the images report.html shows (:func:`run_images`)."""
     p = plan(config, registry)
-    data = load_data(p, data_root)
+    data, trusted = load_run_data(p, data_root)
     source, target_class = check_against_data(p, data)
     data = data.to(p.device)
+    trusted = None if trusted is None else (trusted[0].to(p.device), trusted[1].to(p.device))
     torch.use_deterministic_algorithms(p.device.type == "cpu", warn_only=True)
 
     session = new_session(p, data, ModelCache(cache_dir(cache_root) if use_cache else None))
@@ -332,7 +377,8 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
         config=config.to_dict(),
         resolved={"recipe": p.recipe.to_dict(), "options": p.options, "device": str(p.device),
                   "trainer": session.trainer, **({"pretrained": pretrained} if pretrained else {}),
-                  "source_class": data.classes[source], "target_class": data.classes[target_class]},
+                  "source_class": data.classes[source], "target_class": data.classes[target_class],
+                  **({"trusted_holdout": len(trusted[1])} if trusted is not None else {})},
         versions=versions(p),
         data={"name": data.name, "fingerprint": data.fingerprint(), "train_size": len(data.y_train),
               "test_size": len(data.y_test), "classes": data.classes},
@@ -345,7 +391,7 @@ def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[
     run = Run(results, save)
 
     try:
-        run_models(p, session, data, source, target_class, run, on_error, on_images)
+        run_models(p, session, data, source, target_class, run, on_error, on_images, trusted)
     except Exception as exc:  # the attack or a clean/poisoned training failed: say so in results.json
         results.status = "failed"
         results.error = f"{type(exc).__name__}: {exc}"

@@ -58,7 +58,7 @@ class Pipeline(Defense):
             stage = DefenseContext(session=ctx._session, data=data, options_of=ctx.options_of, poisoned_model=model,
                                    target=ctx._target, threat=entry.plugin.threat, attack_budget=ctx._budget,
                                    clean_labels=clean, poison_indices=poison, defense_name=entry.name,
-                                   trigger=ctx._trigger)
+                                   trigger=ctx._trigger, trusted_pool=ctx._trusted_pool)
             out = checked_defense_result(entry, entry.plugin.defend(stage, ctx.options_of[entry.name]))
             stage_details.append({"stage": entry.name, **(out.details or {})})
             if out.scores is not None:
