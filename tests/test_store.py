@@ -121,3 +121,16 @@ def test_an_empty_file_becomes_a_store(tmp_path):
     store.add_cell("c", {}, {})
     store.close()
     assert SweepStore(db, readonly=True).status() == {"c": "pending"}
+
+
+def test_a_report_folder_that_cannot_be_written_is_one_line(ptk, tmp_path):
+    db = tmp_path / "sweep.db"
+    store = SweepStore(db)
+    finished(store, "a", 0, True)
+    store.close()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("mine\n")
+    for out, message in ((blocker, "is a file"), (blocker / "sub", "lies under")):
+        res = ptk("sweep", "report", db, "--out", out, expect=2)
+        assert message in res.output and "Traceback" not in res.output
+    assert blocker.read_text() == "mine\n"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from .cli_data import data as data_commands
 from .cli_sweep import sweep as sweep_commands
 from .config import PRESETS, ExperimentConfig, build_config
 from .errors import PluginError, UsageError
+from .paths import check_folder
 
 RUN_FLAGS = ("dataset", "model", "attack", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
              "test_subset", "source", "target", "target_index", "target_choice", "target_rank", "device")
@@ -76,8 +76,7 @@ def check_out(out: Path, overwrite: bool, config: ExperimentConfig) -> None:
     take it over and replace its results. Writability is tried now, not after
     the first model has trained for an hour.
     """
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder; pick a folder path")
+    check_folder(out)
     for name in ("results.json", "report.md"):  # what a run writes: a folder there would fail it after training
         if (out / name).is_dir():
             raise UsageError(f"--out {out}: {out / name} is a folder, so the run could not write its {name}; "
@@ -94,13 +93,6 @@ def check_out(out: Path, overwrite: bool, config: ExperimentConfig) -> None:
             raise UsageError(f"--out {out} holds an interrupted run with other settings; rerun the command "
                              f"that started it to resume it (its settings are in {out}/results.json), pick another "
                              "folder, or pass --overwrite")
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UsageError(f"--out {out} lies under {existing}, which is a file; pick a folder path")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out} is not writable ({existing} is not); pick a folder you can write to")
 
 
 def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_dir: Path | None,

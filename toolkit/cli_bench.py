@@ -151,8 +151,9 @@ def report(db: Path, out: Path | None) -> None:
     suite = load_suite(name).summary() if name in shipped() else {"name": name}
     suite["version"] = int(version)  # the version that ran, whatever ships now
     board = build(rows, suite)
-    out = out or db.parent
-    out.mkdir(parents=True, exist_ok=True)
+    from .paths import make_folder
+
+    out = make_folder(out or db.parent)
     write_text(out / "leaderboard.md", markdown(board))
     write_json(out / "leaderboard.json", board)
     from .html import write_bench_html

@@ -244,8 +244,9 @@ def report(db: Path, out: Path | None, all_cells: bool) -> None:
     for value in status.values():
         counts[value] = counts.get(value, 0) + 1
     rates = success_rates(rows)
-    out = out or db.parent
-    out.mkdir(parents=True, exist_ok=True)
+    from .paths import make_folder
+
+    out = make_folder(out or db.parent)
     written = write_sweep_report(out, rates, counts)
     written.insert(1, write_sweep_html(out, rates, counts, rows))
     click.echo(rates_table(rates))
