@@ -73,3 +73,11 @@ def test_spectral_signatures_flagging_more_than_a_class_is_refused_before_traini
               "--out", tmp_path / "r", expect=2)
     assert "450% of each class" in res.output and "below 1" in res.output
     assert not (tmp_path / "r" / "results.json").exists()
+
+
+def test_more_targets_than_source_class_test_images_is_refused_in_the_pre_check(ptk, tmp_path):
+    grid = tmp_path / "g.toml"
+    grid.write_text('preset = "quick"\ndefenses = ["none"]\n[grid]\nseed = [0]\ntargets = 500\n')
+    res = ptk("sweep", "run", grid, "--db", tmp_path / "s.db", expect=2)
+    assert "the test set has only" in res.output and "'1' images" in res.output
+    assert not (tmp_path / "s.db").exists()

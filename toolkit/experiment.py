@@ -178,6 +178,11 @@ def check_against_data(p: Plan, data) -> tuple[int, int]:
     if source == target_class:
         raise UsageError(f"source and target class are both {data.classes[source]!r}; pick two different classes")
     check_target_index(config.target_index, data, source)
+    pool = int((data.y_test == source).sum())
+    if config.target_index is None and config.target_rank >= pool:  # the clean model gets at most all of them right
+        raise UsageError(f"--target-rank {config.target_rank}: the test set has only {pool} "
+                         f"{data.classes[source]!r} images to pick a target from; pick a rank below {pool} "
+                         "(a sweep's targets = N: at most that many)")
     call_plugin(p.attack, "check", data, source, target_class, p.options[p.attack.name])
     for entry in plugin_entries(p.defenses):  # a pipeline's stages, each with its own options
         call_plugin(entry, "check", data, p.options[entry.name])
