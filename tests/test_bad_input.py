@@ -81,3 +81,14 @@ def test_more_targets_than_source_class_test_images_is_refused_in_the_pre_check(
     res = ptk("sweep", "run", grid, "--db", tmp_path / "s.db", expect=2)
     assert "the test set has only" in res.output and "'1' images" in res.output
     assert not (tmp_path / "s.db").exists()
+
+
+def test_an_iteration_count_above_arts_default_is_accepted_with_a_warning(caplog):
+    from ptk import positive_up_to
+
+    check = positive_up_to(250, "ART's default")
+    assert check(40) is None and not caplog.records
+    assert check(0) == "must be positive, got 0"
+    with caplog.at_level("WARNING", logger="ptk"):
+        assert check(10_000) is None
+    assert "10000 is above 250 (ART's default)" in caplog.text

@@ -44,6 +44,7 @@ _EXPORTS: dict[str, str] = {  # public name -> the module defining it, imported 
     "fraction": "options",
     "non_negative": "options",
     "positive": "options",
+    "positive_up_to": "options",
     "removal_count": "options",
     "share": "options",
     "is_tarball": "readers",
@@ -116,7 +117,7 @@ __all__ = [
     # errors (all defined in ptk.errors)
     "DataCorrupt", "PluginError",
     # option checks and removal helpers
-    "positive", "non_negative", "fraction", "share", "check_removal_count", "removal_count",
+    "positive", "positive_up_to", "non_negative", "fraction", "share", "check_removal_count", "removal_count",
     # ensembles
     "EnsemblePredictor", "vote_prediction_and_tolerance",
     # data set plugins: image folders and archives, the data directory's store, importing

@@ -7,6 +7,7 @@ not an hour of GPU time.
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -60,6 +61,20 @@ class Option:
 def positive(value: Any) -> str | None:
     """Option check: value must be > 0."""
     return None if value > 0 else f"must be positive, got {value}"
+
+
+def positive_up_to(bound: float, why: str) -> Callable[[Any], str | None]:
+    """Option check for an iteration count: must be > 0; above ``bound`` (a sane ceiling, ``why`` says whose)
+    it is accepted with a warning, since the run's cost grows with it and nothing else would say so."""
+    def check(value: Any) -> str | None:
+        if value <= 0:
+            return f"must be positive, got {value}"
+        if value > bound:
+            logging.getLogger("ptk").warning("ptk: %s is above %s (%s): the attack's cost grows with it; "
+                                             "expect a long run", value, bound, why)
+        return None
+
+    return check
 
 
 def non_negative(value: Any) -> str | None:

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive
+from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive, positive_up_to
 from ptk_plugins.art._bridge import art_images, art_seeded, art_version, quiet_art
 from ptk_plugins.art._poison import EPSILON_OPTION, LEVELS, class_indices, perturbation_stats, surrogate, to_uint8
 
@@ -123,7 +123,7 @@ class ArtBullseyePolytope(Attack):
         Option("budget", int, 20, "target-class training images to perturb (the polytope's vertices; the "
                "paper: 5)", check=positive),
         EPSILON_OPTION,
-        Option("max_iter", int, 300, "optimisation steps (ART: 4000)", check=positive),
+        Option("max_iter", int, 300, "optimisation steps (ART: 4000)", check=positive_up_to(4000, "ART's default")),
         Option("learning_rate", float, 0.04, "Adam's learning rate (ART's default)", check=positive),
         Option("loss", str, "bullseye", "bullseye: the paper's loss on the target's features (ptk's fix); art: "
                "ART 1.20's loss_from_center unchanged, which ignores the target", choices=("bullseye", "art")),

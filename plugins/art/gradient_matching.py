@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive, share
+from ptk import Attack, AttackContext, Dataset, Option, Poisoning, UsageError, hookimpl, positive, positive_up_to, share
 from ptk_plugins.art._bridge import (art_images, art_seeded, art_training_arrays, art_version,
                                      gradient_matching_device, quiet_art)
 from ptk_plugins.art._poison import (EPSILON_OPTION, LEVELS, class_indices, lr_schedule, perturbation_stats,
@@ -105,8 +105,8 @@ class ArtGradientMatching(Attack):
         Option("percent_poison", float, 0.05, "share of ALL training images to perturb (ART's percent_poison, "
                "no default in ART), drawn from the target class's images", check=share),
         EPSILON_OPTION,
-        Option("max_trials", int, 1, "restarts, the lowest B score kept (ART: 8)", check=positive),
-        Option("max_epochs", int, 40, "optimisation epochs per trial (ART: 250)", check=positive),
+        Option("max_trials", int, 1, "restarts, the lowest B score kept (ART: 8)", check=positive_up_to(8, "ART's default")),
+        Option("max_epochs", int, 40, "optimisation epochs per trial (ART: 250)", check=positive_up_to(250, "ART's default")),
         Option("learning_rate", float, 0.1, "first rate of ART's schedule (ART: 0.1); as ART 1.20 applies it, "
                "divided by 10 from 60% of max_epochs, 100 from 80%, 1000 from 88%", check=positive),
         Option("batch_size", int, 128, "poisons per optimisation step (ART: 128)", check=positive),
