@@ -206,7 +206,9 @@ def test_backdoor_attack_without_a_trigger_is_its_bug(blobs_run):
 def test_store_from_before_backdoor_asr_gains_the_column(tmp_path):
     db = tmp_path / "old.sqlite"
     con = sqlite3.connect(db)
-    con.executescript("CREATE TABLE models (cell_id TEXT NOT NULL, name TEXT NOT NULL, row TEXT NOT NULL, "
+    con.executescript("CREATE TABLE cells (cell_id TEXT PRIMARY KEY, config TEXT NOT NULL, grid_values TEXT NOT NULL, "
+                      "status TEXT NOT NULL);"  # a store from before backdoor_asr: both of ptk's tables
+                      "CREATE TABLE models (cell_id TEXT NOT NULL, name TEXT NOT NULL, row TEXT NOT NULL, "
                       "PRIMARY KEY (cell_id, name));")
     con.close()
     SweepStore(db).close()
