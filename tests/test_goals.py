@@ -205,14 +205,15 @@ def test_asr_after_a_filter_counts_only_accepted_triggered_images():
 @pytest.mark.slow
 def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_report(ptk, tmp_path):
     out = tmp_path / "run"
-    cheap = ["-o", "ensemble.k=2", "-o", "bilevel-trusted.n=10", "-o", "art-roni.n=5", "-o", "art-strip.n=10",
+    cheap = ["-o", "ensemble.k=2", "-o", "bilevel-trusted.n=10", "-o", "art-strip.n=10",
              "-o", "art-strip.num_samples=2", "--test-subset", "60"]
     ptk("run", "--attack", "art-backdoor", "--defense", "all", "--preset", "quick", "--subset", "60", "--epochs",
         "1", *cheap, "--out", out)
     import json
 
     r = json.loads((out / "results.json").read_text())
-    assert set(r["skipped_defenses"]) == {"influence", "bilevel"}
+    assert set(r["skipped_defenses"]) == {"influence", "bilevel", "art-roni"}  # art-roni: its declared cost
+    assert "one fine-tune per training sample" in r["skipped_defenses"]["art-roni"]
     ran = [m["name"] for m in r["models"]]
     assert "influence" not in ran and "loss-outliers" in ran and "art-spectral-signatures" in ran and "art-strip" in ran
     report = (out / "report.md").read_text()
