@@ -19,6 +19,7 @@ from itertools import combinations
 from typing import Any, Iterable
 
 from .stats import holm, mcnemar_exact, mean, t_interval, wilson_interval
+from .sweep_report import pct
 
 #: A backdoor "took" in a cell when at least this share of triggered test images reach its class.
 ASR_TOOK = 0.5
@@ -126,10 +127,6 @@ def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -
     board_rows.sort(key=lambda r: (r["attack"], r["rank"], r["rate"] if r["rate"] is not None else 2, r["model"]))
     return {"suite": suite or {}, "rows": board_rows, "pairs": pairs, "cells": drill,
             "machines": sorted(machines), "notes": notes}
-
-
-def pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def row_cells(r: dict[str, Any]) -> list[str]:

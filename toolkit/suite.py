@@ -12,7 +12,7 @@ version). A suite cell is a ``ptk sweep`` cell whose defense list is the one bei
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,7 +48,6 @@ class Suite:
     protocol: str = ""
     source: str = ""  # the file it was read from
     preset: str = "study"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def cell_count(self) -> int:

@@ -181,9 +181,6 @@ class SweepStore:
                 reset.append(cell)
         return restored, reset
 
-    def cell_ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT cell_id FROM cells")}
-
     def status(self) -> dict[str, str]:
         """Status of every cell the store knows, by cell id."""
         return dict(self.db.execute("SELECT cell_id, status FROM cells"))
