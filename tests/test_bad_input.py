@@ -51,6 +51,22 @@ def test_a_config_file_that_is_not_text_or_is_a_directory_is_one_line(ptk, tmp_p
     assert message in res.output and "Traceback" not in res.output
 
 
+def test_a_number_of_thousands_of_digits_is_one_line_from_a_file_a_flag_or_a_grid(ptk, tmp_path):
+    """Python refuses to read an integer of over 4,300 digits, and a huge epochs count sized a progress bar
+    with it: both were tracebacks."""
+    config = tmp_path / "c.toml"
+    config.write_text("epochs = " + "9" * 5000 + "\n")
+    res = ptk("run", "--config", config, "--out", tmp_path / "r", expect=2)
+    assert "holds a number too long to read" in res.output and len(res.output) < 400
+    res = ptk("run", "--preset", "quick", "--epochs", "9" * 100, "--out", tmp_path / "r", expect=2)
+    assert "epochs must be in 1 .. 100,000" in res.output and "(100 chars)" in res.output
+    grid = tmp_path / "g.toml"
+    grid.write_text(GRID_HEAD + "[grid]\nepochs = [1, 1000000]\n")
+    res = ptk("sweep", "run", grid, "--db", tmp_path / "s.db", expect=2)
+    assert "epochs=1000000" in res.output and "100,000" in res.output and not (tmp_path / "s.db").exists()
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize("content", ["[1, 2, 3]", '{"config": 7}', '"text"'])
 def test_rerun_of_a_results_file_that_is_not_an_object_is_one_line(ptk, tmp_path, content):
     run_dir = tmp_path / "run"

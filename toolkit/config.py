@@ -123,15 +123,17 @@ class Bound:
 
 #: The one table of numeric bounds, for the run's config and for :class:`ptk.train.Recipe` (whose epochs,
 #: batch size and learning rate are these settings).
+#: The upper bounds are far above any real run and stop a typo (``--epochs 1000000000``) from reaching code
+#: that sizes a progress bar or an array by it.
 BOUNDS: dict[str, Bound] = {
-    "epochs": Bound(1),
-    "batch_size": Bound(1),
+    "epochs": Bound(1, 100_000, high_label="100,000"),
+    "batch_size": Bound(1, 10**7, high_label="10**7"),
     "lr": Bound(0, low_inclusive=False, hint="; leave it out for the recipe's default"),
     "seed": Bound(0, 2**32 - 1, hint=" (numpy's seed range)", high_label="2**32-1"),
-    "subset": Bound(1),
-    "test_subset": Bound(1),
-    "target_index": Bound(0),
-    "target_rank": Bound(0),
+    "subset": Bound(1, 10**9, high_label="10**9"),
+    "test_subset": Bound(1, 10**9, high_label="10**9"),
+    "target_index": Bound(0, 10**9, high_label="10**9"),
+    "target_rank": Bound(0, 10**9, high_label="10**9"),
 }
 
 
@@ -213,6 +215,9 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise UsageError(f"config file {path} cannot be read (permission denied)") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    except ValueError as exc:  # Python refuses to read an integer of over 4,300 digits
+        raise UsageError(f"config file {path} holds a number too long to read ({str(exc).split(':')[0]}); no "
+                         "setting takes one: fix the typo") from None
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
