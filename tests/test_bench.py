@@ -117,8 +117,13 @@ def test_shipped_suites_are_valid_and_listed(ptk):
     assert {a.attack for a in quick.attacks} == {"labelflip", "art-gradient-matching", "art-bullseye-polytope",
                                                 "art-backdoor", "art-clean-label-backdoor"}
     assert {a.options.get("labelflip", {}).get("budget") for a in quick.attacks if a.attack == "labelflip"} == {40, 10}
+    # every cell of a suite is distinct, and its smaller settings reuse the larger ones' targets (model cache)
+    for a in quick.attacks:
+        assert len(set(map(tuple, a.cells))) == len(a.cells)
+    biggest = max(quick.attacks, key=lambda a: len(a.cells))
+    assert all(set(map(tuple, a.cells)) <= set(map(tuple, biggest.cells)) for a in quick.attacks)
     listing = ptk("bench", "list").output
-    assert "quick (version 1" in listing and "cifar10-small" in listing
+    assert f"quick (version {quick.version}, {quick.cell_count} cells" in listing and "cifar10-small" in listing
     assert json.loads(ptk("bench", "list", "--json").output)[0]["name"] == "cifar10"
 
 

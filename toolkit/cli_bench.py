@@ -116,7 +116,7 @@ def run_bench(suite_name: str, defenses: tuple[str, ...], db: Path | None, **exe
         from .cli_sweep import drive
 
         counts = drive(cells, db, Execution(**execution), f"bench {identity}", suite.base.get("device", "auto"),
-                       registry, meta={"suite": identity})
+                       registry, meta={"suite": identity}, rates=False)
         counts["skipped"] = suite.cell_count - len(cells)
     else:
         click.echo(f"bench {identity}: every cell already holds these defenses in {db}", err=True)

@@ -68,9 +68,10 @@ class Execution:
 
 
 def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto", registry=None,
-          meta: dict[str, str] | None = None) -> dict[str, int]:
+          meta: dict[str, str] | None = None, rates: bool = True) -> dict[str, int]:
     """Check every cell, record them (and ``meta``) in the store ``db``, run the unfinished ones, print the
-    rates; the counts (complete, failed, skipped). Shared by ``ptk sweep run`` and ``ptk bench run``. One
+    rates (unless ``rates`` is false: ``ptk bench run`` prints its leaderboard instead); the counts (complete,
+    failed, skipped). Shared by ``ptk sweep run`` and ``ptk bench run``. One
     driver at a time: a second on the same store is refused (see :func:`driver_lock`)."""
     from .paths import cache_dir as resolve_cache
     from .registry import load_registry
@@ -86,10 +87,10 @@ def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto
     # resolved here, so a Ray worker on another node gets the driver's paths (on a shared filesystem)
     cache_root = resolve_cache(run.cache_dir)
     with driver_lock(db):
-        return _drive(cells, db, run, title, device, registry, meta or {}, cache_root)
+        return _drive(cells, db, run, title, device, registry, meta or {}, cache_root, rates)
 
 
-def _drive(cells, db, run, title, device, registry, meta, cache_root) -> dict[str, int]:
+def _drive(cells, db, run, title, device, registry, meta, cache_root, rates) -> dict[str, int]:
     from .executors import RaySettings, Recorder, device_label, run_local, run_ray
     from .progress import inner_progress
     from .rates import success_rates
@@ -117,7 +118,8 @@ def _drive(cells, db, run, title, device, registry, meta, cache_root) -> dict[st
                                                     run.max_retries, run.verbose), run.data_dir, cache_root)
             else:
                 run_local(todo, recorder, registry, run.data_dir, cache_root, device_label(device))
-        click.echo(rates_table(success_rates(store.models())))
+        if rates:
+            click.echo(rates_table(success_rates(store.models())))
     finally:
         store.close()
     return recorder.counts
