@@ -144,6 +144,22 @@ def test_a_bad_suite_file_is_refused_naming_the_problem(ptk, tmp_path, text, mes
     assert message in result.output, result.output
 
 
+def test_a_named_defense_is_scored_on_the_attacks_it_can_face_and_refused_if_none(registry, tmp_path):
+    from ptk.cli_bench import bench_defenses
+    from ptk.errors import UsageError
+
+    reg = registry()
+    tiny = load_suite(str(TINY_SUITE))
+    # art-strip filters triggered inputs (goal backdoor), influence works from the target image (goal target)
+    assert bench_defenses(tiny, ("art-strip", "influence"), reg) == {"labelflip-30": ["influence"],
+                                                                    "art-backdoor": ["art-strip"]}
+    flips = tmp_path / "flips.toml"
+    flips.write_text(TINY_SUITE.read_text().split("[[attacks]]\nlabel = \"art-backdoor\"")[0])
+    with pytest.raises(UsageError, match="no attack of it can be scored for art-strip: defense 'art-strip' defends "
+                                         "only against 'backdoor' attacks.*drop --defense art-strip"):
+        bench_defenses(load_suite(str(flips)), ("art-strip",), reg)
+
+
 def test_an_unknown_suite_lists_the_shipped_ones(ptk):
     out = ptk("bench", "run", "quik", "--defense", "loss-outliers", expect=2).output
     assert "unknown suite 'quik'" in out and "quick" in out

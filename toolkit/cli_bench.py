@@ -48,12 +48,16 @@ def store_done(db: Path) -> set[tuple[str, str]]:
 
 
 def bench_defenses(suite, names: tuple[str, ...], registry) -> dict[str, list[str]]:
-    """The defenses to run per attack label: the named ones (``all``: every installed defense that can face
-    the attack, the others skipped with a note); a named defense that cannot face an attack is refused."""
+    """The defenses to run per attack label. A named defense runs against every attack of the suite it can
+    face and skips the others with a note (a backdoor defense on a suite of targeted and backdoor attacks
+    is scored on the backdoors); one that can face none of them is refused. ``all``: every installed defense
+    that can face the attack and does not declare a prohibitive cost, the others skipped with a note."""
     from .api import all_refusal, goal_refusal
     from .pipeline import defense_entry
 
     out: dict[str, list[str]] = {}
+    faced: dict[str, list[str]] = {n: [] for n in names if n != "all"}
+    reasons: dict[str, str] = {}
     for a in suite.attacks:
         attack = registry.get("attack", a.attack).plugin
         chosen = []
@@ -62,11 +66,16 @@ def bench_defenses(suite, names: tuple[str, ...], registry) -> dict[str, list[st
             why = goal_refusal(defense, attack) if name in names else all_refusal(defense, attack)
             if why is None:
                 chosen.append(name)
-            elif name in names:
-                raise UsageError(f"suite {suite.name}, attack {a.label}: {why}; drop --defense {name}")
+                faced.get(name, []).append(a.label)
             else:
-                click.echo(f"--defense all skips {name} on {a.label}: {why}", err=True)
+                reasons.setdefault(name, why)
+                how = "--defense all skips" if name not in names else "skips"
+                click.echo(f"{how} {name} on {a.label}: {why}", err=True)
         out[a.label] = chosen
+    for name, labels in faced.items():
+        if not labels:
+            raise UsageError(f"suite {suite.name}: no attack of it can be scored for {name}: {reasons[name]}; "
+                             f"pick a suite with such attacks, or drop --defense {name}")
     return out
 
 
