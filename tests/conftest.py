@@ -9,6 +9,7 @@ user's second ``ptk run`` does, which keeps CI within its time budget.
 from __future__ import annotations
 
 import importlib.metadata as md
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,8 +64,9 @@ def registry(monkeypatch) -> Callable[..., Registry]:
 
 @pytest.fixture(autouse=True)
 def one_torch_thread():
-    """The tests share two CPU cores with other work: one torch thread trains 10-30x faster there than two
-    contending ones. The thread count is restored afterwards."""
+    """One torch thread per test process: README's test command runs two pytest-xdist workers on two cores,
+    and two contending torch threads per core train 10-30x slower than one. The thread count is restored
+    afterwards."""
     import torch
 
     before = torch.get_num_threads()
@@ -73,14 +75,27 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder of the whole test run. Under pytest-xdist (README's test command runs two workers, one per
+    core) every worker's temporary folder lies in one run folder, so the workers share it: a model one
+    worker trained is a cache hit for the other, as for a user's second ``ptk run``. Entries are written
+    atomically, so two workers that train the same model at once both succeed and the last one stays."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent
+    path = base / name
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ptk-cache")
+    return shared_dir(tmp_path_factory, "ptk-cache")
 
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ptk-data")
+    return shared_dir(tmp_path_factory, "ptk-data")
 
 
 @pytest.fixture
