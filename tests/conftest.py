@@ -26,6 +26,10 @@ from .fixtures import ROOT, builtin_entry_point, require_cifar
 
 LOAD_REGISTRY = ptk.registry.load_registry
 
+# One thread per process, for the ptk subprocesses the tests start too (torch reads it when it starts):
+# beside the other xdist worker, a two-thread process would contend for the two cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(autouse=True)
 def registry(monkeypatch) -> Callable[..., Registry]:

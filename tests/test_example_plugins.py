@@ -162,7 +162,11 @@ def test_a_pip_installed_defense_joins_the_bench_leaderboard(example_venv, cache
     defense is scored on the suite's cells beside the undefended model."""
     env = {**os.environ, "PTK_CACHE_DIR": str(cache_dir), "PTK_DATA_DIR": str(data_dir)}
     listing = subprocess.run([example_venv, "bench", "list"], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert listing.returncode == 0 and "quick (version 1" in listing.stdout, listing.stdout + listing.stderr
+    from ptk.suite import load_suite
+
+    quick = load_suite("quick")
+    assert listing.returncode == 0, listing.stdout + listing.stderr
+    assert f"quick (version {quick.version}, {quick.cell_count} cells" in listing.stdout, listing.stdout
     suite = ROOT / "tests" / "data" / "tiny-suite.toml"
     db = tmp_path / "bench.db"
     run = subprocess.run([example_venv, "bench", "run", str(suite), "--defense", "spectral-signatures", "--db", str(db)],

@@ -37,17 +37,14 @@ def by_model(db: Path) -> dict[tuple[str, str], tuple]:
 def test_ray_and_local_stores_hold_identical_numbers(ptk, tmp_path, monkeypatch):
     path = tmp_path / "g.toml"
     write_grid(path, GRID)
-    # CPU results depend on torch's thread count: both executors use 2 (Ray: --cpus-per-cell 2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache-local"))
-        ptk("sweep", "run", path, "--db", tmp_path / "local" / "sweep.db")
-    finally:
-        torch.set_num_threads(threads)
+    # CPU results depend on torch's thread count: both executors use one (the tests' thread; Ray:
+    # --cpus-per-cell 1, two cells at a time on the two cores)
+    assert torch.get_num_threads() == 1
+    monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache-local"))
+    ptk("sweep", "run", path, "--db", tmp_path / "local" / "sweep.db")
     monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache-ray"))  # nothing cached: Ray trains everything
     res = ptk("sweep", "run", path, "--db", tmp_path / "ray" / "sweep.db", "--executor", "ray",
-              "--cpus-per-cell", "2")
+              "--cpus-per-cell", "1")
     assert "8 complete, 0 failed" in res.output
     local, ray = by_model(tmp_path / "local" / "sweep.db"), by_model(tmp_path / "ray" / "sweep.db")
     assert len(local) == 8 * 4  # clean, poisoned, two defenses per cell
