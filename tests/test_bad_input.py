@@ -108,3 +108,21 @@ def test_an_iteration_count_above_arts_default_is_accepted_with_a_warning(caplog
     with caplog.at_level("WARNING", logger="ptk"):
         assert check(10_000) is None
     assert "10000 is above 250 (ART's default)" in caplog.text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--attack", "art-gradient-matching", "-o", "art-gradient-matching.epsilon=300"], "must be at most 255"),
+    (["--attack", "art-bullseye-polytope", "-o", "art-bullseye-polytope.epsilon=1000"], "must be at most 255"),
+    (["--attack", "art-backdoor", "--defense", "art-strip", "-o", "art-strip.n=1000000"],
+     "art-strip.n=1000000 trusted images is more than the 1347 training images"),
+    (["--attack", "art-backdoor", "--defense", "art-roni", "-o", "art-roni.n=1000000"],
+     "art-roni.n=1000000 trusted images is more than the 1347 training images"),
+    (["--attack", "art-backdoor", "--defense", "art-roni", "-o", "art-roni.calibrated=true",
+      "-o", "art-roni.pp_quiz=0.7", "-o", "art-roni.pp_cal=0.6"], "is more than the whole training set"),
+])
+def test_art_options_that_cannot_work_are_refused_before_training(ptk, tmp_path, args, message):
+    """Grey-level budgets above 255, more trusted images than the training set (were quietly capped), RONI's
+    quiz and calibration shares adding up to more than the data."""
+    res = ptk("run", "--preset", "quick", *args, "--out", tmp_path / "r", expect=2)
+    assert message in res.output and "Traceback" not in res.output
+    assert "model" not in res.output  # refused before any model trained or loaded

@@ -176,5 +176,8 @@ class DefenseContext(BaseContext):
         mask = torch.ones(len(self._clean_labels), dtype=torch.bool, device=self._clean_labels.device)
         mask[self._poison] = False
         pool = mask.nonzero().squeeze(1)
+        if n > len(pool):
+            log.warning("ptk: %s asked for %d trusted images; the training set holds %d clean ones: using those",
+                        self._name, n, len(pool))
         pick = pool[stratified_indices(self._clean_labels[pool], min(n, len(pool)), self.seed + 7)]
         return self.data.x_train[pick], self._clean_labels[pick]

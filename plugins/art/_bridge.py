@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ptk import UsageError
 
 
 class _Part(nn.Module):
@@ -135,6 +136,14 @@ def art_training_arrays(data) -> tuple[np.ndarray, np.ndarray]:
     """A Dataset's training images as ART's classifier takes them (float32 in [0, 1], N x C x H x W) and its
     labels as integers, both numpy on the CPU."""
     return art_images(data.x_train), data.y_train.cpu().numpy()
+
+
+def check_trusted_count(name: str, n: int, data) -> None:
+    """A defense's ``n`` trusted images (ART's ``x_val``) cannot exceed the training set they are drawn from:
+    refused before training, instead of quietly capped when the defense runs."""
+    if n > len(data.y_train):
+        raise UsageError(f"{name}.n={n} trusted images is more than the {len(data.y_train)} training images they "
+                         f"are drawn from; lower -o {name}.n")
 
 
 def art_version() -> str:

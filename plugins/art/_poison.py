@@ -46,7 +46,11 @@ def lr_schedule(learning_rate: float, max_epochs: int) -> tuple[list[float], lis
 
 
 def levels(value: float) -> str | None:
-    """Option check for a budget in grey levels: below one level, rounding to uint8 erases every poison."""
+    """Option check for a budget in grey levels: below one level, rounding to uint8 erases every poison; above
+    255 it is no budget at all (a pixel cannot move further than from 0 to 255)."""
+    if value > LEVELS:
+        return (f"must be at most {LEVELS} (grey levels: a pixel cannot move further than 0 to {LEVELS}; "
+                f"{LEVELS} already leaves the poison unbounded), got {value:g}")
     if value >= 1:
         return None
     hint = f"; ART's epsilon={value} is epsilon={value * LEVELS:g} here" if value > 0 else ""

@@ -47,7 +47,7 @@ from torch import nn
 from ptk import (Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, fraction, hookimpl,
                  non_negative, positive)
 from ptk_plugins.art._bridge import (art_device_type, art_images, art_one_hot, art_seeded, art_training_arrays,
-                                     art_version, quiet_art)
+                                     art_version, check_trusted_count, quiet_art)
 
 
 def roni_classifier(network: nn.Module, image_shape: tuple[int, ...], num_classes: int, device: torch.device,
@@ -130,6 +130,11 @@ class ArtRoni(Defense):
         if quiz < 1:
             raise UsageError(f"art-roni.pp_quiz={options['pp_quiz']} of {len(data.y_train)} training images is an "
                              "empty quiz set; raise -o art-roni.pp_quiz or --subset")
+        if options["calibrated"] and options["pp_quiz"] + options["pp_cal"] > 1:
+            raise UsageError(f"art-roni.pp_quiz={options['pp_quiz']} + pp_cal={options['pp_cal']} is more than the "
+                             "whole training set (ART draws the quiz and the calibration sets from it); keep their "
+                             "sum at most 1")
+        check_trusted_count("art-roni", options["n"], data)
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
         x, y = art_training_arrays(ctx.data)

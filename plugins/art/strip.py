@@ -44,7 +44,8 @@ from torch import nn
 
 from ptk import Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, fraction, hookimpl, positive
 
-from ptk_plugins.art._bridge import art_device_type, art_images, art_version, numpy_global_seed, quiet_art
+from ptk_plugins.art._bridge import (art_device_type, art_images, art_version, check_trusted_count, numpy_global_seed,
+                                     quiet_art)
 
 
 class Probabilities(nn.Module):
@@ -156,6 +157,7 @@ class ArtStrip(Defense):
         if options["n"] < 2:
             raise UsageError(f"art-strip.n={options['n']}: STRIP fits a normal to the clean images' entropies and "
                              "needs at least 2; raise -o art-strip.n")
+        check_trusted_count("art-strip", options["n"], data)
 
     def defend(self, ctx: DefenseContext, options: dict[str, Any]) -> DefenseResult:
         x_clean, _ = ctx.trusted_data(options["n"])
