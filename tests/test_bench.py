@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
@@ -178,34 +177,37 @@ def test_bench_run_scores_defenses_on_shared_cells_and_reports(ptk, tmp_path):
     db = tmp_path / "bench" / "bench.db"
     first = ptk("bench", "run", str(TINY_SUITE), "--defense", "loss-outliers", "--db", str(db))
     assert "3 complete, 0 failed" in first.output
-    # a second defense later: only its own models train; the undefended rows are not rerun
-    second = ptk("bench", "run", str(TINY_SUITE), "--defense", "loss-outliers", "--defense", "activation-clustering",
+    # a second defense later: only its own rows are added; the undefended rows are not rerun. art-strip, a
+    # test-time filter for triggered inputs, is scored on the backdoor cell and skips the label flips
+    second = ptk("bench", "run", str(TINY_SUITE), "--defense", "loss-outliers", "--defense", "art-strip",
                  "--db", str(db))
-    assert "3 complete, 0 failed" in second.output
-    again = ptk("bench", "run", str(TINY_SUITE), "--defense", "activation-clustering", "--db", str(db))
+    assert "1 cells (1 to run)" in second.output and "skips art-strip on labelflip-30" in second.output
+    assert "1 complete, 0 failed" in second.output
+    again = ptk("bench", "run", str(TINY_SUITE), "--defense", "art-strip", "--db", str(db))
     assert "every cell already holds these defenses" in again.output
     store = SweepStore(db)
     try:
         models = list(store.models())
     finally:
         store.close()
-    added = [m for m in models if "activation-clustering" in json.loads(m["config"])["defenses"]]
-    assert {m["name"] for m in added} == {"clean", "poisoned", "activation-clustering"}
+    added = [m for m in models if "art-strip" in json.loads(m["config"])["defenses"]]
+    assert {m["name"] for m in added} == {"clean", "poisoned", "art-strip"}
     assert all(m["train_seconds"] == 0 for m in added if m["name"] in ("clean", "poisoned"))  # from the cache
 
     report = ptk("bench", "report", str(db))
     board = json.loads((db.parent / "leaderboard.json").read_text())
     assert board["suite"]["name"] == "tiny" and board["suite"]["version"] == 1
     got = {(r["attack"], r["model"]): r for r in board["rows"]}
-    assert set(got) == {(a, m) for a in ("labelflip-30", "art-backdoor")
-                        for m in ("poisoned", "loss-outliers", "activation-clustering")}
+    assert set(got) == {(a, m) for a in ("labelflip-30", "art-backdoor") for m in ("poisoned", "loss-outliers")} | {
+        ("art-backdoor", "art-strip")}
     assert got[("labelflip-30", "poisoned")]["n"] == 2 and got[("art-backdoor", "poisoned")]["metric"] == "asr"
     assert got[("art-backdoor", "poisoned")]["mean_asr"] > 0.5  # the backdoor took on the undefended model
     assert got[("labelflip-30", "loss-outliers")]["auroc"] is not None
-    assert len([p for p in board["pairs"] if p["attack"] == "labelflip-30"]) == 3
+    assert len([p for p in board["pairs"] if p["attack"] == "labelflip-30"]) == 1
+    assert len([p for p in board["pairs"] if p["attack"] == "art-backdoor"]) == 3
     assert all(0 <= p["p_holm"] <= 1 and p["p_holm"] >= p["p"] for p in board["pairs"])
     assert "labelflip-30" in report.output and (db.parent / "leaderboard.md").exists()
-    assert math.isclose(sum(len(c["models"]) >= 4 for c in board["cells"]), 3)
+    assert sorted(len(c["models"]) for c in board["cells"]) == [3, 3, 4]  # clean, poisoned, LO (+ art-strip)
 
 
 def test_a_store_is_never_made_inside_a_file_ptk_did_not_make(ptk, tmp_path):

@@ -119,6 +119,7 @@ class Bound:
     low_inclusive: bool = True
     hint: str = ""
     high_label: str = ""  # how messages write ``high`` (2**32-1 reads better than 4294967295)
+    as_range: bool = False  # messages give the whole range (a seed's), not just the side that was crossed
 
 
 #: The one table of numeric bounds, for the run's config and for :class:`ptk.train.Recipe` (whose epochs,
@@ -129,7 +130,7 @@ BOUNDS: dict[str, Bound] = {
     "epochs": Bound(1, 100_000, high_label="100,000"),
     "batch_size": Bound(1, 10**7, high_label="10**7"),
     "lr": Bound(0, low_inclusive=False, hint="; leave it out for the recipe's default"),
-    "seed": Bound(0, 2**32 - 1, hint=" (numpy's seed range)", high_label="2**32-1"),
+    "seed": Bound(0, 2**32 - 1, hint=" (numpy's seed range)", high_label="2**32-1", as_range=True),
     "subset": Bound(1, 10**9, high_label="10**9"),
     "test_subset": Bound(1, 10**9, high_label="10**9"),
     "target_index": Bound(0, 10**9, high_label="10**9"),
@@ -142,8 +143,10 @@ def bound_problem(key: str, value: float | None) -> str | None:
     if value is None:
         return None
     b, flag = BOUNDS[key], f"--{key.replace('_', '-')}"
-    if b.high is not None and not b.low <= value <= b.high:
+    if b.high is not None and b.as_range and not b.low <= value <= b.high:
         return f"{key} must be in {b.low} .. {b.high_label or b.high}{b.hint}, got {short(value)} ({flag})"
+    if b.high is not None and value > b.high:
+        return f"{key} must be at most {b.high_label or b.high}, got {short(value)} ({flag})"
     if not b.low_inclusive and not value > b.low:
         return f"{key} must be positive, got {short(value)} ({flag}{b.hint})"
     if b.low_inclusive and value < b.low:
