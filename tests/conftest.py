@@ -142,3 +142,9 @@ def cifar_data_dir(data_dir) -> Path:
     result = CliRunner().invoke(cli, ["data", "import", "cifar10", str(archive), "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output + (f"\n{result.exception!r}" if result.exception else "")
     return data_dir
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The slow tests first (in their file order): the two xdist workers then end on short tests and finish
+    together, instead of one idling while the other runs a four-minute test it happened to draw last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
