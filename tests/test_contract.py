@@ -6,6 +6,7 @@ at "running"."""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -208,9 +209,10 @@ class Calibrates(ptk.Defense):
     name = "c-calibrates"
     description = "records its trusted images"
     threat = ptk.ThreatModel(trusted_data=True)
+    options = [ptk.Option("n", int, 20, "trusted images to ask for")]
 
     def defend(self, ctx: ptk.DefenseContext, options) -> ptk.DefenseResult:
-        SEEN["trusted"], _ = ctx.trusted_data(20)
+        SEEN["trusted"], _ = ctx.trusted_data(options["n"])
         SEEN["train"] = ctx.data.x_train
         return ptk.DefenseResult(predictor=ctx.poisoned_model)
 
@@ -221,7 +223,7 @@ class CalibratesPlugin(BlobsAndMlp):
         register(Calibrates())
 
 
-def test_a_trusted_hold_out_gives_defenses_clean_images_no_model_trained_on(registry, tmp_path):
+def test_a_trusted_hold_out_gives_defenses_clean_images_no_model_trained_on(registry, tmp_path, caplog):
     reg = registry(CalibratesPlugin())
     base = blobs_config("labelflip", ["c-calibrates"], labelflip={"budget": 5})
     whole = run_experiment(base, reg, save=lambda r: None, use_cache=False, data_root=tmp_path)
@@ -235,6 +237,14 @@ def test_a_trusted_hold_out_gives_defenses_clean_images_no_model_trained_on(regi
     assert len(SEEN["trusted"]) == 20 and not flat(SEEN["trusted"]) & flat(SEEN["train"])  # never trained on
     row = next(m for m in held["models"] if m["name"] == "c-calibrates")
     assert "held out: 30 images no model trained on" in row["threat_model"]
+    # more than there is: what there is, and a warning that says so (never a poisoned image to make up the count)
+    SEEN.clear()
+    with caplog.at_level(logging.WARNING, logger="ptk"):
+        run_experiment(blobs_config("labelflip", ["c-calibrates"], labelflip={"budget": 5},
+                                    **{"c-calibrates": {"n": "1000"}}),
+                       reg, save=lambda r: None, use_cache=False, data_root=tmp_path)
+    assert len(SEEN["trusted"]) == whole["data"]["train_size"] - 5
+    assert "c-calibrates asked for 1000 trusted images; the training set holds 55 clean ones" in caplog.text
     with pytest.raises(ptk.UsageError, match="trusted.holdout must be a whole number"):
         run_experiment(blobs_config("labelflip", ["c-calibrates"], trusted={"holdout": "-1"}), reg,
                        save=lambda r: None, use_cache=False, data_root=tmp_path)
