@@ -169,7 +169,7 @@ def markdown(board: dict[str, Any]) -> str:
               f"the number of models with significantly fewer successes (Holm-adjusted p < {ALPHA}); equal ranks "
               "are ties. acc. cost: the clean model's test accuracy minus this model's, per cell (mean, 95% t "
               "interval). AUROC: of a removal defense's suspicion scores against the true poison. seconds: "
-              "training plus defense time per cell.", ""]
+              "training plus defense time per cell (a model read from the cache counts 0).", ""]
     if board["machines"]:
         lines += ["machines: " + "; ".join(board["machines"]), ""]
     lines += [f"- {n}" for n in board["notes"]]
