@@ -66,7 +66,8 @@ def bench_defenses(suite, names: tuple[str, ...], registry) -> dict[str, list[st
             why = goal_refusal(defense, attack) if name in names else all_refusal(defense, attack)
             if why is None:
                 chosen.append(name)
-                faced.get(name, []).append(a.label)
+                if name in faced:
+                    faced[name].append(a.label)
             else:
                 reasons.setdefault(name, why)
                 how = "--defense all skips" if name not in names else "skips"
@@ -125,7 +126,7 @@ def run_bench(suite_name: str, defenses: tuple[str, ...], db: Path | None, **exe
         from .cli_sweep import drive
 
         counts = drive(cells, db, Execution(**execution), f"bench {identity}", suite.base.get("device", "auto"),
-                       registry, meta={"suite": identity}, rates=False)
+                       registry, meta={"suite": identity})
         counts["skipped"] = suite.cell_count - len(cells)
     else:
         click.echo(f"bench {identity}: every cell already holds these defenses in {db}", err=True)

@@ -68,10 +68,10 @@ class Execution:
 
 
 def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto", registry=None,
-          meta: dict[str, str] | None = None, rates: bool = True) -> dict[str, int]:
-    """Check every cell, record them (and ``meta``) in the store ``db``, run the unfinished ones, print the
-    rates (unless ``rates`` is false: ``ptk bench run`` prints its leaderboard instead); the counts (complete,
-    failed, skipped). Shared by ``ptk sweep run`` and ``ptk bench run``. One
+          meta: dict[str, str] | None = None) -> dict[str, int]:
+    """Check every cell, record them (and ``meta``) in the store ``db``, run the unfinished ones; the counts
+    (complete, failed, skipped). Shared by ``ptk sweep run`` (which then prints the rates) and ``ptk bench run``
+    (the leaderboard). One
     driver at a time: a second on the same store is refused (see :func:`driver_lock`)."""
     from .paths import cache_dir as resolve_cache
     from .registry import load_registry
@@ -87,14 +87,12 @@ def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto
     # resolved here, so a Ray worker on another node gets the driver's paths (on a shared filesystem)
     cache_root = resolve_cache(run.cache_dir)
     with driver_lock(db):
-        return _drive(cells, db, run, title, device, registry, meta or {}, cache_root, rates)
+        return _drive(cells, db, run, title, device, registry, meta or {}, cache_root)
 
 
-def _drive(cells, db, run, title, device, registry, meta, cache_root, rates) -> dict[str, int]:
+def _drive(cells, db, run, title, device, registry, meta, cache_root) -> dict[str, int]:
     from .executors import RaySettings, Recorder, device_label, run_local, run_ray
     from .progress import inner_progress
-    from .rates import success_rates
-    from .sweep_report import rates_table
     from .sweepstore import SweepStore
 
     store = SweepStore(db)
@@ -118,8 +116,6 @@ def _drive(cells, db, run, title, device, registry, meta, cache_root, rates) -> 
                                                     run.max_retries, run.verbose), run.data_dir, cache_root)
             else:
                 run_local(todo, recorder, registry, run.data_dir, cache_root, device_label(device))
-        if rates:
-            click.echo(rates_table(success_rates(store.models())))
     finally:
         store.close()
     return recorder.counts
@@ -205,6 +201,14 @@ def run_sweep(grid_file: Path, db: Path | None, max_cells: int, add_grid: bool, 
     meta = {"grid_base": json.dumps(base, sort_keys=True, default=str),
             "current_cells": json.dumps(sorted(c.id for c in cells))}
     counts = drive(cells, db, Execution(**execution), f"sweep {grid_file}", base.get("device", "auto"), meta=meta)
+    from .rates import success_rates
+    from .sweep_report import rates_table
+
+    store = open_store(db)
+    try:
+        click.echo(rates_table(success_rates(store.models())))
+    finally:
+        store.close()
     finish(counts, f"store: {db}; `ptk sweep report {db}` writes the report and plots")
 
 
