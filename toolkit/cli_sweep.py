@@ -73,6 +73,7 @@ def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto
     (complete, failed, skipped). Shared by ``ptk sweep run`` (which then prints the rates) and ``ptk bench run``
     (the leaderboard). One
     driver at a time: a second on the same store is refused (see :func:`driver_lock`)."""
+    from .executors import RaySettings, start_ray
     from .paths import cache_dir as resolve_cache
     from .registry import load_registry
     from .sweep import check_cells
@@ -86,12 +87,18 @@ def drive(cells: list, db: Path, run: Execution, title: str, device: str = "auto
     check_cells(cells, registry, run.data_dir)
     # resolved here, so a Ray worker on another node gets the driver's paths (on a shared filesystem)
     cache_root = resolve_cache(run.cache_dir)
-    with driver_lock(db):
-        return _drive(cells, db, run, title, device, registry, meta or {}, cache_root)
+    settings = RaySettings(run.ray_address, run.cpus_per_cell, run.gpus_per_cell, run.max_retries, run.verbose)
+    ray = start_ray(settings) if run.executor == "ray" else None  # a refusal leaves no store, lock or folder behind
+    try:
+        with driver_lock(db):
+            return _drive(cells, db, run, title, device, registry, meta or {}, cache_root, settings, ray)
+    finally:
+        if ray is not None:
+            ray[0].shutdown()
 
 
-def _drive(cells, db, run, title, device, registry, meta, cache_root) -> dict[str, int]:
-    from .executors import RaySettings, Recorder, device_label, run_local, run_ray
+def _drive(cells, db, run, title, device, registry, meta, cache_root, settings, ray) -> dict[str, int]:
+    from .executors import Recorder, device_label, run_local, run_ray
     from .progress import inner_progress
     from .sweepstore import SweepStore
 
@@ -112,8 +119,7 @@ def _drive(cells, db, run, title, device, registry, meta, cache_root) -> dict[st
                             lambda line: click.echo(line, err=True))
         with inner_progress(run.verbose):
             if run.executor == "ray":
-                run_ray(todo, recorder, RaySettings(run.ray_address, run.cpus_per_cell, run.gpus_per_cell,
-                                                    run.max_retries, run.verbose), run.data_dir, cache_root)
+                run_ray(*ray, todo, recorder, settings, run.data_dir, cache_root)
             else:
                 run_local(todo, recorder, registry, run.data_dir, cache_root, device_label(device))
     finally:

@@ -182,26 +182,30 @@ def check_resources(cpus: float, gpus: float, total: dict[str, float]) -> None:
                              f"ever start; ask for at most {have:g}")
 
 
-def run_ray(todo: list[Cell], recorder: Recorder, settings: RaySettings, data_root: Path | None,
-            cache_root: Path | None) -> None:
-    """Every cell a Ray task. Per clean model (see :func:`clean_key`) one cell goes first; the others of
-    its group are submitted when it finishes, so they read its clean model from the shared cache instead
-    of training it again side by side. Outcomes are recorded as they arrive (``ray.wait``); a worker that
-    dies is retried by Ray (``max_retries``); Ctrl-C cancels what is in flight and puts it back to pending."""
+def start_ray(settings: RaySettings):
+    """Connect to Ray and check that a cell's request fits the cluster: ``(ray, gpus per cell)``. Called before
+    the store is created, so a request no cluster can serve leaves no store behind; on a refusal the connection
+    is shut down again."""
     ray = connect_ray(settings)
     try:
-        _run_ray(ray, todo, recorder, settings, data_root, cache_root)
-    finally:
+        total = ray.cluster_resources()
+        gpus = settings.gpus_per_cell
+        if gpus is None:
+            gpus = 1.0 if total.get("GPU", 0) > 0 else 0.0
+        check_resources(settings.cpus_per_cell, gpus, total)
+    except BaseException:
         ray.shutdown()
+        raise
+    return ray, gpus
 
 
-def _run_ray(ray, todo: list[Cell], recorder: Recorder, settings: RaySettings, data_root: Path | None,
-             cache_root: Path | None) -> None:
-    total = ray.cluster_resources()
-    gpus = settings.gpus_per_cell
-    if gpus is None:
-        gpus = 1.0 if total.get("GPU", 0) > 0 else 0.0
-    check_resources(settings.cpus_per_cell, gpus, total)
+def run_ray(ray, gpus: float, todo: list[Cell], recorder: Recorder, settings: RaySettings, data_root: Path | None,
+            cache_root: Path | None) -> None:
+    """Every cell a Ray task on the cluster :func:`start_ray` connected to (its caller shuts it down). Per clean
+    model (see :func:`clean_key`) one cell goes first; the others of its group are submitted when it finishes,
+    so they read its clean model from the shared cache instead of training it again side by side. Outcomes are
+    recorded as they arrive (``ray.wait``); a worker that dies is retried by Ray (``max_retries``); Ctrl-C
+    cancels what is in flight and puts it back to pending."""
     task = ray.remote(_ray_cell).options(num_cpus=settings.cpus_per_cell, num_gpus=gpus,
                                          max_retries=settings.max_retries, retry_exceptions=False)
     groups: dict[str, list[Cell]] = {}
