@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA, FastICA
 
 from ptk import Dataset, Defense, DefenseContext, DefenseResult, Option, ThreatModel, UsageError, hookimpl, positive
 from ptk_plugins._clustering import (ANALYSES, ART_SIZE_THRESHOLD, distance_suspects, relative_size_suspects,
@@ -45,6 +43,8 @@ def reduce_dims(acts: np.ndarray, method: str, nb_dims: int, rng: np.random.Rand
     """
     if acts.shape[1] <= nb_dims:
         return acts
+    from sklearn.decomposition import PCA, FastICA  # here, not at import: scikit-learn takes ~2 s to import
+
     k = min(nb_dims, len(acts))
     if method == "pca":
         return PCA(n_components=k, random_state=rng).fit_transform(acts)
@@ -55,6 +55,8 @@ def two_means(points: np.ndarray, rng: np.random.RandomState) -> np.ndarray:
     """Cluster ids (0/1) of a 2-means fit with ART's settings (k-means++, sklearn's default n_init)."""
     if len(points) < 2:
         return np.zeros(len(points), dtype=int)
+    from sklearn.cluster import KMeans
+
     return KMeans(n_clusters=2, random_state=rng).fit_predict(points)
 
 
@@ -100,6 +102,8 @@ def dominant_label_flags(acts: np.ndarray, labels: np.ndarray, num_classes: int,
     ``n_init=10`` restarts because one bad k-means start with ten clusters
     would mislabel whole clusters, and every sample in them would be flagged.
     """
+    from sklearn.cluster import KMeans
+
     clusters = KMeans(n_clusters=num_classes, n_init=10, random_state=seed).fit_predict(acts)
     dominant = np.zeros(num_classes, dtype=int)
     for k in range(num_classes):

@@ -33,6 +33,7 @@ per-sample backward loop kept as the reference the tests and benchmarks check ag
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Callable, Iterable, Iterator
 
 import torch
@@ -137,7 +138,10 @@ def influence_scores(
         def logits_of(p: Params, xb: torch.Tensor = xb) -> torch.Tensor:
             return functional_call(model, ({**p, **frozen}, buffers), (xb,))
 
-        with torch.no_grad():  # forward mode needs no autograd graph
+        with torch.no_grad(), warnings.catch_warnings():  # forward mode needs no autograd graph
+            # torch.func's forward-mode rules script a helper with torch.jit, which torch 2.14 calls deprecated:
+            # torch's own call, nothing a user can act on, so not shown to them
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
             logits, jv = jvp(logits_of, (params,), (tangents,))
         if score == "loss":
             residual = logits.softmax(1)

@@ -24,52 +24,28 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights
-from torchvision.models.resnet import BasicBlock, ResNet
 
 from ptk import ModelSpec, Option, UsageError, hookimpl, positive
 
-IMAGENET = ResNet18_Weights.IMAGENET1K_V1
+def __getattr__(name: str):
+    """``CifarResNet18`` on first use (see ``_resnet_net``: importing torchvision costs seconds)."""
+    if name == "CifarResNet18":
+        from ptk_plugins._resnet_net import CifarResNet18
+
+        return CifarResNet18
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class CifarResNet18(ResNet):
-    """torchvision ResNet with the CIFAR stem; ``features`` is the avg-pool output (8 x width dims)."""
+def imagenet_url() -> str:
+    """Where torchvision publishes its ImageNet ResNet-18 weights (``ResNet18_Weights.IMAGENET1K_V1``)."""
+    from torchvision.models import ResNet18_Weights
 
-    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64, stem: str = "cifar") -> None:
-        super().__init__(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
-        self.inplanes = width
-        kernel = 7 if stem == "imagenet" else 3  # ImageNet's 7x7, kept at stride 1 for 32x32 images
-        self.conv1 = nn.Conv2d(in_channels, width, kernel_size=kernel, stride=1, padding=kernel // 2, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.maxpool = nn.Identity()
-        if width != 64:  # rebuild the stages at the requested width with torchvision's own builder
-            self.layer1 = self._make_layer(BasicBlock, width, 2)
-            self.layer2 = self._make_layer(BasicBlock, width * 2, 2, stride=2)
-            self.layer3 = self._make_layer(BasicBlock, width * 4, 2, stride=2)
-            self.layer4 = self._make_layer(BasicBlock, width * 8, 2, stride=2)
-        self.fc = nn.Linear(width * 8, num_classes)
-        for m in self.modules():  # torchvision's initialisation, reapplied to the replaced layers
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return torch.flatten(self.avgpool(x), 1)
-
-    def head(self, feats: torch.Tensor) -> torch.Tensor:
-        return self.fc(feats)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+    return ResNet18_Weights.IMAGENET1K_V1.url
 
 
 def hub_file() -> Path:
     """Where torch hub keeps the ImageNet weights (``$TORCH_HOME/hub/checkpoints/resnet18-f37072fd.pth``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(IMAGENET.url)
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(imagenet_url())
 
 
 def weights_file(weights: str) -> Path:
@@ -83,10 +59,10 @@ def weights_file(weights: str) -> Path:
     if not path.is_file():
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            torch.hub.download_url_to_file(IMAGENET.url, str(path), progress=True)
+            torch.hub.download_url_to_file(imagenet_url(), str(path), progress=True)
         except (urllib.error.URLError, OSError, ConnectionError) as exc:
             raise UsageError(
-                f"-o resnet18.weights=imagenet: cannot download {IMAGENET.url} ({type(exc).__name__}: {exc}); "
+                f"-o resnet18.weights=imagenet: cannot download {imagenet_url()} ({type(exc).__name__}: {exc}); "
                 f"offline, place that file as {path.name} in {path.parent} (torch hub's cache, $TORCH_HOME), "
                 "or give -o resnet18.weights=PATH") from None
     return path
@@ -106,7 +82,7 @@ def read_weights(path: str, size: int, mtime: float) -> tuple[dict[str, torch.Te
     return state, hashlib.sha256(raw).hexdigest()
 
 
-def load_pretrained(net: CifarResNet18, weights: str, stem: str) -> None:
+def load_pretrained(net: nn.Module, weights: str, stem: str) -> None:
     """Copy the file's weights into ``net``: every tensor but the head's (and the first convolution's with the
     CIFAR stem); a missing or mis-shaped one is refused naming it."""
     path = weights_file(weights)
@@ -148,6 +124,8 @@ class ResNet18(ModelSpec):
         if weights != "none" and stem == "imagenet" and image_shape[0] != 3:
             raise UsageError(f"-o resnet18.stem=imagenet with pretrained weights needs 3-channel images, "
                              f"got {image_shape[0]}")
+        from ptk_plugins._resnet_net import CifarResNet18
+
         net = CifarResNet18(num_classes, in_channels=image_shape[0], width=options["width"], stem=stem)
         if weights != "none":
             load_pretrained(net, weights, stem)

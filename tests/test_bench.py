@@ -81,6 +81,36 @@ def test_leaderboard_rates_pairs_and_ranks_follow_the_table():
     assert board["notes"] == []  # one machine, every cell shared
 
 
+def test_leaderboard_seconds_count_a_defense_once_and_a_cached_model_at_its_training_time():
+    """A defense's ``defense_seconds`` already include its trainings (they were once added twice); a poisoned
+    model read from the cache costs its run 0 s but counts the seconds its cache entry recorded."""
+    rows = []
+    for i in range(4):
+        cached = i % 2 == 1
+        rows += [dict(row(f"c{i}", "clean", 0, i, False), train_seconds=10.0, defense_seconds=None),
+                 dict(row(f"c{i}", "poisoned", 0, i, True), train_seconds=0.0 if cached else 12.0,
+                      defense_seconds=None, row=json.dumps({"cost_seconds": 12.0})),
+                 dict(row(f"c{i}", "lo", 0, i, False), train_seconds=11.0, defense_seconds=13.0)]
+    by_model = {r["model"]: r for r in build(rows)["rows"]}
+    assert by_model["poisoned"]["seconds"] == pytest.approx(12.0)  # not 6 (two cached cells at 0)
+    assert by_model["lo"]["seconds"] == pytest.approx(13.0)  # not 24 (11 s of training counted twice)
+
+
+def test_a_cell_whose_poisoned_model_differs_between_runs_is_named():
+    """A defense added to a store later reads the cell's clean and poisoned models from the cache; when the cache
+    missed and they were trained again with other numbers, the board says which cells, instead of pairing
+    defenses that faced different models in silence."""
+    rows = known_table()
+    # a later run (store cell "c3b") of suite cell 3 adds defense "late", with the same poisoned model ...
+    same = [dict(r, cell_id="c3b") for r in rows if r["cell_id"] == "c3" and r["name"] in ("clean", "poisoned")]
+    assert build(rows + same)["notes"] == []
+    # ... or with one trained again (the cache missed): other accuracy, other P(target)
+    other = [dict(r, cell_id="c3b", test_accuracy=0.8) if r["name"] == "poisoned" else r for r in same]
+    notes = build(rows + other)["notes"]
+    assert len(notes) == 1 and "1 cells ran their defenses on different clean or poisoned models" in notes[0]
+    assert "flip seed=0 target_index=3 (poisoned: test accuracy 90.0% vs 80.0%" in notes[0]
+
+
 def test_leaderboard_compares_only_shared_cells_and_names_other_machines():
     rows = known_table()
     rows = [r for r in rows if not (r["cell_id"] == "c9" and r["name"] == "meh")]  # meh's row on c9 ...

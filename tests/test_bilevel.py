@@ -62,34 +62,28 @@ def test_a_flat_meta_loss_gives_uniform_weights_and_all_harmful_gives_none():
 
 
 @pytest.mark.slow
-def test_bilevel_defenses_through_the_cli(ptk, tmp_path):
+def test_bilevel_through_the_cli(ptk, tmp_path):
+    """bilevel end to end; bilevel-trusted (the same loop with trusted clean images as the meta set) runs end to
+    end in test_goals' ``--defense all`` test, which checks its meta set, steps and threat model."""
     out = tmp_path / "run"
     # TINY at the quick preset's lr 2e-3: at TINY's 3e-3 an AVX2 CPU trains a poisoned model the flip barely
     # moves (P(7) 0.30; 0.998 at 2e-3), so there would be no attack for bilevel to undo
-    ptk("run", "--defense", "bilevel", "--defense", "bilevel-trusted", *TINY, "--lr", "2e-3",
-        "-o", "bilevel-trusted.n=20", "--out", out)
+    ptk("run", "--defense", "bilevel", *TINY, "--lr", "2e-3", "--out", out)
     r = load_results(out)
     assert r["status"] == "complete"
     n = r["data"]["train_size"]
-    for name, meta, size in (("bilevel", "target", 1), ("bilevel-trusted", "trusted", 20)):
-        row = model_row(r, name)
-        d = row["details"]
-        assert (d["meta_set"], d["meta_size"], d["epochs"]) == (meta, size, 5)
-        assert d["steps"] == 5 * -(-n // 64)  # TINY: the quick preset's batch size, 64
-        assert d["steps"] == d["steps_weighted"] + d["steps_flat_meta_loss_uniform"] + d["steps_all_harmful_skipped"]
-        assert 0 < d["zero_weight_fraction"] < 1
-        assert row["mean_weight_poison"] is not None
+    row = model_row(r, "bilevel")
+    d = row["details"]
+    assert (d["meta_set"], d["meta_size"], d["epochs"]) == ("target", 1, 5)
+    assert d["steps"] == 5 * -(-n // 64)  # TINY: the quick preset's batch size, 64
+    assert d["steps"] == d["steps_weighted"] + d["steps_flat_meta_loss_uniform"] + d["steps_all_harmful_skipped"]
+    assert 0 < d["zero_weight_fraction"] < 1
     tgt = r["target"]["target_class"]
-    bilevel, poisoned = model_row(r, "bilevel"), model_row(r, "poisoned")
+    bilevel, poisoned = row, model_row(r, "poisoned")
     # With the target as meta set, the flipped labels end with less weight than the rest (final-epoch
-    # weights; 1 = uniform) and the target leaves the target class. The docs give the cost in accuracy;
-    # with trusted data the weights do not single out the poison reliably (docs), so nothing is asserted.
+    # weights; 1 = uniform) and the target leaves the target class. The docs give the cost in accuracy.
     assert bilevel["mean_weight_poison"] < 0.8 * bilevel["mean_weight_clean"]
     assert bilevel["train_seconds"] > 0  # its own loop counts as training (ctx.own_training)
     assert bilevel["suspicion_auroc"] > 0.5  # the weights, read as suspicion (-weight), rank poison above clean
     assert bilevel["target_probs"][tgt] < poisoned["target_probs"][tgt] - 0.5
-    assert model_row(r, "bilevel-trusted")["test_accuracy"] > 0.3  # a working classifier (chance: 0.1)
     assert r["plugins"]["bilevel"]["threat_model"]["knows_target"] is True
-    assert r["plugins"]["bilevel-trusted"]["threat_model"] == {
-        "knows_target": False, "trusted_data": True, "uses_poisoned_model": False, "knows_budget": False,
-        "knows_trigger": False}

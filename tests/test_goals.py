@@ -216,6 +216,16 @@ def test_defense_all_through_the_cli_writes_the_skips_into_the_results_and_repor
     assert "one fine-tune per training sample" in r["skipped_defenses"]["art-roni"]
     ran = [m["name"] for m in r["models"]]
     assert "influence" not in ran and "loss-outliers" in ran and "art-spectral-signatures" in ran and "art-strip" in ran
+    # bilevel-trusted: its look-ahead loop with 10 trusted clean images as the meta set, one epoch
+    trusted = next(m for m in r["models"] if m["name"] == "bilevel-trusted")
+    d = trusted["details"]
+    assert (d["meta_set"], d["meta_size"], d["epochs"]) == ("trusted", 10, 1)
+    assert d["steps"] == -(-r["data"]["train_size"] // 64)  # the quick preset's batch size, 64
+    assert d["steps"] == d["steps_weighted"] + d["steps_flat_meta_loss_uniform"] + d["steps_all_harmful_skipped"]
+    assert trusted["mean_weight_poison"] is not None and trusted["train_seconds"] > 0
+    assert r["plugins"]["bilevel-trusted"]["threat_model"] == {
+        "knows_target": False, "trusted_data": True, "uses_poisoned_model": False, "knows_budget": False,
+        "knows_trigger": False}
     report = (out / "report.md").read_text()
     assert "skipped by --defense all: influence: defense 'influence' defends only against 'target' attacks" in report
     # a backdoor run charts every model's ASR beside its clean accuracy, and report.md shows the chart

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -47,6 +50,28 @@ def test_scores_do_not_depend_on_batching_or_how_the_direction_is_given(small_mo
     b = influence_scores(model, x, y, target_x=tx, target_y=ty, batch_size=5)
     assert relative_error(b, a) < 1e-5
     assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+FIRST_SCORING = """
+import warnings, torch
+warnings.simplefilter("error")
+from ptk.network import Network
+from ptk_plugins.influence import influence_scores
+from ptk_plugins.resnet import CifarResNet18
+torch.manual_seed(0)
+model = Network(CifarResNet18(10, width=4), torch.full((3,), 0.5), torch.full((3,), 0.25)).eval()
+x, y = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8)
+print(influence_scores(model, x, y, target_x=x[:1], target_y=y[:1], batch_size=4).shape)
+"""
+
+
+def test_scoring_shows_the_user_no_warning_from_torch_internals():
+    """torch.func.jvp scripts a helper with torch.jit the first time it runs in a process, and torch 2.14 warns
+    that is deprecated: torch's own call, nothing the user can act on, yet it printed in the middle of every
+    influence run. Checked in a fresh process, where that first call happens."""
+    done = subprocess.run([sys.executable, "-c", FIRST_SCORING], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "torch.Size([8])"
 
 
 def test_influence_scores_rejects_ambiguous_direction(small_model):

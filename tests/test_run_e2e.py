@@ -61,6 +61,15 @@ def test_second_run_with_another_defense_reuses_clean_and_poisoned(ptk, tmp_path
     assert model_row(b, "clean")["cached"] and model_row(b, "poisoned")["cached"]
     assert not model_row(b, "ensemble").get("cached", False)
     assert b["cache"]["hits"] >= 2
+    # a model read from the cache costs this run nothing, but reports count what its training took
+    a = load_results(tmp_path / "a")
+    for name in ("clean", "poisoned"):
+        first, again = model_row(a, name), model_row(b, name)
+        assert again["train_seconds"] == 0 and again["cost_seconds"] > 0
+        if not first["cached"]:  # run a trained it: the cache recorded its fit, a part of a's training time
+            assert again["cost_seconds"] <= first["train_seconds"] == first["cost_seconds"]
+    ens = model_row(b, "ensemble")
+    assert ens["cost_seconds"] == ens["defense_seconds"]  # nothing cached: its whole time, counted once
 
 
 @pytest.mark.slow

@@ -134,3 +134,40 @@ def test_a_report_folder_that_cannot_be_written_is_one_line(ptk, tmp_path):
         res = ptk("sweep", "report", db, "--out", out, expect=2)
         assert message in res.output and "Traceback" not in res.output
     assert blocker.read_text() == "mine\n"
+
+
+def test_status_says_when_cells_marked_running_have_no_driver(ptk, tmp_path):
+    """A driver killed with SIGKILL (or a lost machine) cannot put its cells back to pending: ``status`` tells
+    those apart from cells a live driver is running, by whether a driver holds the store's lock."""
+    db = tmp_path / "sweep.db"
+    store = SweepStore(db)
+    store.add_cell("c", {}, {})
+    store.start("c", "cpu")
+    store.close()
+    out = ptk("sweep", "status", db).output
+    assert "1 running" in out and "no driver is running cells" in out and "were interrupted" in out
+    assert not db.with_name("sweep.db.lock").exists()  # status changes nothing, not even a lock file
+    with driver_lock(db):  # a live driver
+        out = ptk("sweep", "status", db).output
+    assert "1 running" in out and "no driver" not in out
+
+
+def test_sigterm_puts_the_cell_in_flight_back_to_pending(ptk, tmp_path, monkeypatch):
+    """``kill`` or a scheduler's time limit sends SIGTERM: handled like Ctrl-C (exit 130), so the cell in flight
+    is pending again at once instead of left marked running."""
+    import os
+    import signal
+
+    import ptk.experiment as experiment
+
+    grid, db = tmp_path / "g.toml", tmp_path / "s.db"
+    write_grid(grid, "seed = [0, 1]\n")
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: os.kill(os.getpid(), signal.SIGTERM))
+    before = signal.getsignal(signal.SIGTERM)
+    ptk("sweep", "run", grid, "--db", db, expect=130)
+    store = SweepStore(db, readonly=True)
+    try:
+        assert set(store.status().values()) == {"pending"}
+    finally:
+        store.close()
+    assert signal.getsignal(signal.SIGTERM) is before  # the driver's handler is gone with it

@@ -114,6 +114,17 @@ class ModelCache:
         self.hits += 1
         return True
 
+    def recorded_seconds(self, key: str) -> float | None:
+        """The seconds the entry ``key`` took to train when it was cached (``train_seconds`` in its json); None
+        when it is not there or predates that record. Lets a report count a cached model at its real cost."""
+        if self.root is None:
+            return None
+        try:
+            seconds = json.loads(self.paths(key)[1].read_text()).get("train_seconds")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return float(seconds) if isinstance(seconds, (int, float)) else None
+
     def save(self, key: str, model: nn.Module, info: dict[str, Any]) -> None:
         self.misses += 1
         if self.root is None:

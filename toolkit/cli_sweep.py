@@ -151,10 +151,51 @@ def driver_lock(db: Path) -> Iterator[None]:
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
         try:
-            yield
+            with terminate_as_interrupt():
+                yield
         finally:
             f.truncate(0)
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a batch scheduler's time limit, ``timeout``) handled like Ctrl-C while cells run: the
+    cells in flight go back to pending at once. Without it Python dies on the spot and leaves them marked
+    running until the next ``ptk sweep run`` of the same grid resets them. Main thread only (where signals go)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def driver_alive(db: Path) -> bool:
+    """Whether a driver holds ``<store>.lock`` now. Reads only: a missing lock file is not created."""
+    import fcntl
+
+    path = db.with_name(db.name + ".lock")
+    try:
+        f = open(path)
+    except OSError:
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -276,6 +317,10 @@ def status(db: Path) -> None:
     finally:
         store.close()
     click.echo(", ".join(f"{v} {k}" for k, v in counts.items()))
+    if counts.get("running") and not driver_alive(db):
+        click.echo(f"no driver is running cells into {db}: the {counts['running']} cells marked running were "
+                   "interrupted (their driver was killed) and rerun with the next `ptk sweep run` (or `ptk bench "
+                   "run`) of their grid")
     if rowless:
         click.echo(f"{len(rowless)} complete cells have no model rows (deleted?); `ptk sweep run` restores them "
                    "from cells/<id>.json")

@@ -68,7 +68,7 @@ class BaseContext:
         as training in the report's "train s", like every :meth:`train` call's."""
         with Timer() as timer:
             yield
-        self._session.trained.append(TrainingRecord(desc, None, False, timer.seconds))
+        self._session.trained.append(TrainingRecord(desc, None, False, timer.seconds, timer.seconds))
 
     @staticmethod
     def features(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

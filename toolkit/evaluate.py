@@ -131,7 +131,8 @@ def model_row(name: str, trained: Trained, data: Dataset, target: Target, trigge
     """The row of a model the runner trained itself (clean, poisoned); with a backdoor ``trigger``, its ASR."""
     asr = None if trigger is None else backdoor_asr(trained.model, data.x_test, data.y_test, trigger)
     return ModelRow(name, **evaluate(trained.model, data, target), backdoor_asr=asr,
-                    train_seconds=round(trained.seconds, 3), cached=trained.cached)
+                    train_seconds=round(trained.seconds, 3), cached=trained.cached,
+                    cost_seconds=None if trained.cost is None else round(trained.cost, 3))
 
 
 def defense_row(name: str, out: DefenseResult, data: Dataset, target: Target, poison: torch.Tensor,

@@ -333,9 +333,11 @@ def run_models(p: Plan, session: Session, data, source: int, target_class: int, 
         try:
             with Timer() as timer:
                 out = checked_defense_result(entry, entry.plugin.defend(ctx, p.options[entry.name]))
+            reused = session.cached_training_cost(since=before)
             row = defense_row(entry.name, out, data, target, poison_idx, len(poisoned_data.y_train), trigger,
                               train_seconds=round(session.training_seconds(since=before), 3),
                               defense_seconds=round(timer.seconds, 3),
+                              cost_seconds=None if reused is None else round(timer.seconds + reused, 3),
                               threat_model=entry.plugin.threat.describe() + (
                                   f" (held out: {len(trusted[1])} images no model trained on)"
                                   if trusted is not None and entry.plugin.threat.trusted_data else ""))

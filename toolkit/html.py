@@ -24,6 +24,7 @@ from .atomic import write_text
 from .plots import new_figure, svg_text
 from .rates import REPEATS, Rate, settings_label
 from .report import columns, table_rows
+from .results import model_seconds
 from .sweep_report import PLOTS, cells_of, head, optional_columns, pct, plot_names
 from .version import __version__
 
@@ -310,8 +311,7 @@ def sweep_cells(rows: Sequence[dict[str, Any]], asr: bool, filters: bool) -> dic
             "removed": r["removed_count"], "precision": pct(r["removal_precision"]),
             "recall": pct(r["removal_recall"]),
             "AUROC": None if r["suspicion_auroc"] is None else f"{r['suspicion_auroc']:.3f}",
-            "seconds": None if r["train_seconds"] is None and r["defense_seconds"] is None
-            else round((r["train_seconds"] or 0) + (r["defense_seconds"] or 0), 1),
+            "seconds": None if model_seconds(r) is None else round(model_seconds(r), 1),
             "failed": (r["error"] or "yes") if r["failed"] else None,
         })
     return out

@@ -18,6 +18,7 @@ from collections import Counter
 from itertools import combinations
 from typing import Any, Iterable
 
+from .results import model_seconds
 from .stats import holm, mcnemar_exact, mean, t_interval, wilson_interval
 from .sweep_report import pct
 
@@ -65,10 +66,36 @@ def group_cells(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str,
     return cells
 
 
+#: What must agree between the recurring clean and poisoned rows of one suite cell for its defenses to have
+#: faced the same models.
+SAME_MODEL = ("test_accuracy", "target_p_target", "backdoor_asr")
+
+
+def diverging_models(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """The suite cells whose clean or poisoned model is not the same in every store cell (run) of it: one line
+    each. A defense added later reads those models from the model cache; when the cache misses (ptk's trainer
+    or model code changed, or the CPU kind or thread count made other floating-point sums), the run trains
+    them again and its defenses face a slightly different poisoned model than the others did."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    out = []
+    for row in rows:
+        values = json.loads(row["grid_values"])
+        if "attack" not in values or row["name"] not in ("clean", UNDEFENDED) or row["failed"]:
+            continue
+        where = f"{values['attack']} seed={values.get('seed')} target_index={values.get('target_index')}"
+        first = seen.setdefault((where, row["name"]), row)
+        if first is not row and any(first.get(k) != row.get(k) for k in SAME_MODEL):
+            out.append(f"{where} ({row['name']}: test accuracy {pct(first.get('test_accuracy'))} vs "
+                       f"{pct(row.get('test_accuracy'))}, P(target) {pct(first.get('target_p_target'))} vs "
+                       f"{pct(row.get('target_p_target'))})")
+    return out
+
+
 def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -> dict[str, Any]:
     """The leaderboard of a bench store's model rows (:meth:`SweepStore.models`): ``rows`` per attack
     setting and model, ``pairs`` (every pair of models of one attack setting), ``cells`` (the drill-down),
     ``machines`` (every machine label seen) and ``notes``."""
+    rows = list(rows)
     by_cell = group_cells(rows)
     attacks: dict[str, list[str]] = {}
     for key in by_cell:
@@ -112,7 +139,7 @@ def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -
                 "mean_asr": mean([m["backdoor_asr"] for m in members if m.get("backdoor_asr") is not None]),
                 "acc_cost": mean(drops), "acc_cost_ci": t_interval(drops),
                 "auroc": mean([a for a in map(detection_auroc, members) if a is not None]),
-                "seconds": mean([(m["train_seconds"] or 0) + (m["defense_seconds"] or 0) for m in members]),
+                "seconds": mean([s for s in map(model_seconds, members) if s is not None]),
                 "rank": 1 + beaten_by[n], "machines": labels})
         pairs += attack_pairs
         for k in shared:
@@ -121,6 +148,12 @@ def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -
                           "models": {n: {"success": cell_success(m, metric), "test_accuracy": m.get("test_accuracy"),
                                          "backdoor_asr": m.get("backdoor_asr"), "cell_id": m["cell_id"]}
                                      for n, m in by_cell[k].items()}})
+    diverging = diverging_models(rows)
+    if diverging:
+        notes.append(f"{len(diverging)} cells ran their defenses on different clean or poisoned models (the model "
+                     "cache missed between runs, so the comparison there uses the first run's; run every defense into a new store "
+                     "to compare them on one model): "
+                     + "; ".join(diverging[:5]) + ("; ..." if len(diverging) > 5 else ""))
     if len(machines) > 1:
         notes.append("rows come from different machines or versions: " + "; ".join(sorted(machines)) +
                      " (CPU kinds differ in their kernels: rerun the built-ins on one machine to compare exactly)")
@@ -169,7 +202,8 @@ def markdown(board: dict[str, Any]) -> str:
               f"the number of models with significantly fewer successes (Holm-adjusted p < {ALPHA}); equal ranks "
               "are ties. acc. cost: the clean model's test accuracy minus this model's, per cell (mean, 95% t "
               "interval). AUROC: of a removal defense's suspicion scores against the true poison. seconds: "
-              "training plus defense time per cell (a model read from the cache counts 0).", ""]
+              "what the model cost per cell: a defense's whole time (analysis and trainings), the clean or poisoned "
+              "model's training; a model read from the cache counts the time it took when it was trained.", ""]
     if board["machines"]:
         lines += ["machines: " + "; ".join(board["machines"]), ""]
     lines += [f"- {n}" for n in board["notes"]]

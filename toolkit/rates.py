@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
+from .results import model_seconds
 from .stats import mean, t_interval, wilson_interval
 
 #: Grid values that are repetitions of one setting, not settings: rates are taken over them.
@@ -79,7 +80,7 @@ def success_rates(rows: Iterable[dict[str, Any]]) -> list[Rate]:
 
         drops = [clean_acc[m["cell_id"]] - m["test_accuracy"] for m in ok
                  if m["test_accuracy"] is not None and clean_acc.get(m["cell_id"]) is not None]
-        seconds = [(m["train_seconds"] or 0) + (m["defense_seconds"] or 0) for m in ok]
+        seconds = [s for s in map(model_seconds, ok) if s is not None]
         out.append(Rate(settings[key], model, len(ok), sum(int(m["attack_success"] or 0) for m in ok),
                         len(members) - len(ok), mean(values("budget")), mean(values("test_accuracy")),
                         mean(drops), t_interval(drops), mean(values("removal_precision")),

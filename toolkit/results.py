@@ -13,6 +13,8 @@ or not as a whole, and a required field of a group is written even when it is nu
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
@@ -88,6 +90,19 @@ class Rejection:
     target_rejected: bool
 
 
+def model_seconds(m: dict[str, Any]) -> float | None:
+    """What one model cost a run, in seconds: for a defense its whole time (``defense_seconds`` already includes
+    its trainings), for a clean or poisoned model its training; a model read from the cache counted at the time
+    it took when it was trained (``cost_seconds``, where the cache entry recorded it). ``m`` is a results.json
+    model or a store row (whose ``row`` column holds the model's JSON)."""
+    cost = m.get("cost_seconds")
+    if cost is None and isinstance(m.get("row"), str):
+        cost = json.loads(m["row"]).get("cost_seconds")
+    if cost is not None:
+        return cost
+    return m.get("defense_seconds") if m.get("defense_seconds") is not None else m.get("train_seconds")
+
+
 @dataclass
 class ModelRow:
     """One model of a run (clean, poisoned, or a defense's), an entry of results.json's ``models``."""
@@ -102,7 +117,8 @@ class ModelRow:
     filter_auroc: float | None = None  # test-time detectors (input_scores): AUROC of triggered vs clean test images
     train_seconds: float | None = None  # 0 for a model from the cache
     cached: bool | None = None  # clean and poisoned models only
-    defense_seconds: float | None = None
+    defense_seconds: float | None = None  # the whole defense: its analysis and its trainings
+    cost_seconds: float | None = None  # what the model cost, a cached training counted at its recorded time
     threat_model: str | None = None
     removal: Removal | None = None
     suspicion: Suspicion | None = None

@@ -48,16 +48,19 @@ class TrainingRecord:
     desc: str
     key: str | None  # the cache key; None for a plugin's own training loop
     cached: bool
-    seconds: float
+    seconds: float  # spent in this run: 0 when cached
+    cost: float | None = None  # what the training took, also when it came from the cache (None: not recorded)
 
 
 @dataclass(frozen=True)
 class Trained:
-    """A model from :meth:`Session.train_tracked` and its cost: ``seconds`` of training, 0 when ``cached``."""
+    """A model from :meth:`Session.train_tracked` and its cost: ``seconds`` of training in this run, 0 when
+    ``cached``; ``cost``, what its training took whenever it ran (from the cache entry; None if unrecorded)."""
 
     model: Network
     seconds: float
     cached: bool
+    cost: float | None = None
 
 
 class Session:
@@ -114,16 +117,26 @@ class Session:
             key = self.key_for(built, x, y, keep, weights, seed)
             xs, ys = (x, y) if keep is None else (x[keep], y[keep])
             ws = weights if weights is None or keep is None else weights[keep]
-            model, cached = self.cache.get_or_train(
-                key,
-                build=lambda: built,
-                train=lambda m: self.fit(m, xs, ys, ws, seed, desc),
-                info={"desc": desc, "samples": len(ys), "seed": seed, "model": self.model_identity(built.net)},
-            )
+            info = {"desc": desc, "samples": len(ys), "seed": seed, "model": self.model_identity(built.net)}
+
+            def fit(m: Network) -> Network:
+                with Timer() as fitting:
+                    m = self.fit(m, xs, ys, ws, seed, desc)
+                info["train_seconds"] = round(fitting.seconds, 3)  # kept in the entry: its cost when reused
+                return m
+
+            model, cached = self.cache.get_or_train(key, build=lambda: built, train=fit, info=info)
         if cached:
             progress_line(f"{desc}: loaded from the cache")
-        self.trained.append(TrainingRecord(desc, key, cached, timer.seconds))
-        return Trained(model, 0.0 if cached else timer.seconds, cached)
+        cost = self.cache.recorded_seconds(key) if cached else timer.seconds
+        self.trained.append(TrainingRecord(desc, key, cached, 0.0 if cached else timer.seconds, cost))
+        return Trained(model, 0.0 if cached else timer.seconds, cached, cost)
+
+    def cached_training_cost(self, since: int = 0) -> float | None:
+        """What the models read from the cache in ``trained[since:]`` took to train when they were cached; None
+        when one of them has no recorded time."""
+        costs = [r.cost for r in self.trained[since:] if r.cached]
+        return None if any(c is None for c in costs) else sum(costs)
 
     def training_seconds(self, since: int = 0) -> float:
         """Seconds spent training (models from the cache cost none) in ``trained[since:]``."""
