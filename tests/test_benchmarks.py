@@ -114,3 +114,16 @@ def test_recipe_fidelity_row_trains_both_loops_on_real_cifar(cifar_data_dir, tmp
     assert summary["recipe"]["label_smoothing"] == 0.1 and summary["recipe"]["schedule"] == "triangle"
     assert summary["accuracy_difference_points"] == pytest.approx(
         100 * (summary["ptk_fast_accuracy"] - summary["reference_accuracy"]), abs=0.02)
+
+
+@pytest.mark.slow
+def test_cpu_packing_row_times_both_layouts_on_real_runs(capsys):
+    """The row runs the real command both ways (here shrunk to 200 digits at width 4) and prints the ratio of
+    runs per hour; the ratio itself is a measurement, not asserted."""
+    import cpu_packing
+
+    row = cpu_packing.main(epochs=1, cores=2, extra=("--subset", "200", "-o", "resnet18.width=4", "-o", "labelflip.budget=5"))
+    assert row["one run, all threads (s)"] > 0 and row["2 runs at once, 1 thread each (s)"] > 0
+    assert row["ratio"] == pytest.approx(row["one run, all threads (s)"] * 2 / row["2 runs at once, 1 thread each (s)"],
+                                         rel=0.05)
+    assert "runs per hour, one per core" in capsys.readouterr().out

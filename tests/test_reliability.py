@@ -23,7 +23,7 @@ from ptk.network import Network, channel_stats
 from ptk.train import Recipe, train_model
 from ptk_plugins.resnet import CifarResNet18
 
-VOLATILE = {"train_seconds", "defense_seconds", "started", "finished", "cached", "cache"}
+VOLATILE = {"train_seconds", "defense_seconds", "cost_seconds", "started", "finished", "cached", "cache"}
 
 
 def stable(obj):
@@ -531,5 +531,5 @@ def test_model_code_without_source_is_named_and_warned_about(caplog):
     typed_in_a_repl = type("ReplNet", (torch.nn.Module,), {"__module__": "ptk_module_never_imported"})
     identity = code_identity(typed_in_a_repl, CifarResNet18)
     assert identity["ptk_module_never_imported.ReplNet"] == "source unavailable"
-    assert len(identity["ptk_plugins.resnet.CifarResNet18"]) == 64  # a sha256 of plugins/resnet.py
+    assert len(identity["ptk_plugins._resnet_net.CifarResNet18"]) == 64  # a sha256 of plugins/_resnet_net.py
     assert "no source for ptk_module_never_imported.ReplNet" in caplog.text and "--no-cache" in caplog.text
