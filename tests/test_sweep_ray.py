@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 if not os.environ.get("PTK_REQUIRE_RAY"):
     pytest.importorskip("ray")
 
-#: 2 seeds x 2 budgets (4 cells, two per clean model), one cheap defense: every way the executors could differ
-#: (which cells share a clean model, which budget, which seed) without the suite's longest test (8 cells took 234 s).
-GRID = 'seed = [0, 1]\ntargets = 1\n"labelflip.budget" = [10, 30]\ndefenses = [["loss-outliers"]]\n'
+#: The issue's grid: 2 seeds x 2 targets x 2 budgets (8 cells), one cheap defense (two made the test the suite's
+#: longest without testing more of the executor).
+GRID = 'seed = [0, 1]\ntargets = 2\n"labelflip.budget" = [10, 30]\ndefenses = [["loss-outliers"]]\n'
 #: Columns that must agree between executors: everything a report is computed from.
 NUMBERS = ("test_accuracy", "target_p_source", "target_p_target", "target_pred", "attack_success", "removed_count",
            "removal_precision", "removal_recall", "suspicion_auroc", "budget", "target_index")
@@ -46,9 +46,9 @@ def test_ray_and_local_stores_hold_identical_numbers(ptk, tmp_path, monkeypatch)
     monkeypatch.setenv("PTK_CACHE_DIR", str(tmp_path / "cache-ray"))  # nothing cached: Ray trains everything
     res = ptk("sweep", "run", path, "--db", tmp_path / "ray" / "sweep.db", "--executor", "ray",
               "--cpus-per-cell", "1")
-    assert "4 complete, 0 failed" in res.output
+    assert "8 complete, 0 failed" in res.output
     local, ray = by_model(tmp_path / "local" / "sweep.db"), by_model(tmp_path / "ray" / "sweep.db")
-    assert len(local) == 4 * 3  # clean, poisoned, the defense per cell
+    assert len(local) == 8 * 3  # clean, poisoned, the defense per cell
     assert ray == local
     ray_rows = rows(tmp_path / "ray" / "sweep.db")
     # the clean model of each seed is trained once and read from the shared cache by its other cells
