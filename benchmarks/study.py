@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from ptk.compiled import resolve_compile
 from ptk.network import Network, channel_stats
 from ptk.train import named_recipe, predict_proba, train_model
 from ptk_plugins.image_datasets import Cifar10
@@ -85,6 +86,9 @@ class RecipeTiming:
     gflop_per_image: float
     achieved_tflops: float  # training FLOP/s actually reached (FlopCounterMode count x images per second)
     mfu: float | None  # achieved FLOP/s over the GPU's bf16 peak; None where no peak is known
+    compile: str = "off"  # the resolved --compile mode of the timed training
+    seed: int = 0
+    warmup_seconds: float = 0.0  # the one-epoch warm-up on 2,048 images: includes the compile, when first in the process
 
 
 def load_cifar(data_dir: Path, train: int | None, test: int | None, device: torch.device):
@@ -93,11 +97,11 @@ def load_cifar(data_dir: Path, train: int | None, test: int | None, device: torc
 
 
 def time_recipe(data, name: str, width: int, epochs: int, flops: float, peak: float | None,
-                seed: int = 0) -> RecipeTiming:
+                seed: int = 0, compile_mode: str = "off") -> RecipeTiming:
     """Train a clean ResNet-18 with recipe ``name`` as `ptk run` would; seconds per epoch and test accuracy.
 
-    A one-epoch run on 2,048 images first warms up the allocator and cuDNN's
-    autotuner, so the timed run measures steady state.
+    A one-epoch run on 2,048 images first warms up the allocator, cuDNN's autotuner and (``compile_mode``) the
+    compiled step, so the timed run measures steady state; its time is reported as ``warmup_seconds``.
     """
     device = data.x_train.device
     recipe = named_recipe(name, epochs=epochs)
@@ -106,18 +110,22 @@ def time_recipe(data, name: str, width: int, epochs: int, flops: float, peak: fl
         return network(width, data.x_train, device, data.num_classes, seed)
 
     warm = min(2048, len(data.y_train))
-    train_model(fresh(), data.x_train[:warm], data.y_train[:warm], named_recipe(name, epochs=1), seed)
+    start = time.perf_counter()
+    train_model(fresh(), data.x_train[:warm], data.y_train[:warm], named_recipe(name, epochs=1), seed,
+                compile_mode=compile_mode)
+    sync(device)
+    warmup = time.perf_counter() - start
     model = fresh()
     sync(device)
     start = time.perf_counter()
-    train_model(model, data.x_train, data.y_train, recipe, seed)
+    train_model(model, data.x_train, data.y_train, recipe, seed, compile_mode=compile_mode)
     sync(device)
     seconds = time.perf_counter() - start
     acc = (predict_proba(model, data.x_test).argmax(1) == data.y_test).float().mean().item()
     ips = len(data.y_train) * epochs / seconds
     return RecipeTiming(name, len(data.y_train), epochs, recipe.batch_size, recipe.lr, round(seconds / epochs, 3),
                         round(ips, 1), round(acc, 4), round(flops / 1e9, 3), round(flops * ips / 1e12, 3),
-                        round(flops * ips / peak, 4) if peak else None)
+                        round(flops * ips / peak, 4) if peak else None, compile_mode, seed, round(warmup, 2))
 
 
 def time_ptk_run(args: list[str], data_dir: Path) -> dict:
@@ -136,9 +144,31 @@ def import_cifar(archive: Path, data_dir: Path) -> None:
     ptk_cli(["data", "import", "cifar10", str(archive), "--data-dir", str(data_dir)])
 
 
+def compile_comparison(timings: list[RecipeTiming]) -> list[dict]:
+    """Per recipe, the compiled mode against eager, side by side: s/epoch ratio (eager over compiled) and the
+    difference of their mean test accuracies over the seeds (compiled minus eager, in points)."""
+    out = []
+    for name in dict.fromkeys(t.recipe for t in timings):
+        eager = [t for t in timings if t.recipe == name and t.compile == "off"]
+        for mode in dict.fromkeys(t.compile for t in timings if t.recipe == name and t.compile != "off"):
+            comp = [t for t in timings if t.recipe == name and t.compile == mode]
+            if not eager:
+                continue
+            mean = lambda ts, f: sum(getattr(t, f) for t in ts) / len(ts)  # noqa: E731
+            out.append({"recipe": name, "compile": mode, "seeds": len(comp),
+                        "speedup": round(mean(eager, "seconds_per_epoch") / mean(comp, "seconds_per_epoch"), 3),
+                        "accuracy_difference_points": round(100 * (mean(comp, "test_accuracy")
+                                                                   - mean(eager, "test_accuracy")), 2),
+                        "compile_seconds": round(comp[0].warmup_seconds - eager[0].warmup_seconds, 1)})
+    return out
+
+
 def study_row(archive: Path | None, device: torch.device, train: int | None, test: int | None, width: int,
-              epochs: int, run_args: list[str] | None, peak: float | None, data_dir: Path | None = None) -> dict:
-    """Both recipes' timings and, if ``run_args``, one whole `ptk run` on the same data directory."""
+              epochs: int, run_args: list[str] | None, peak: float | None, data_dir: Path | None = None,
+              modes: tuple[str, ...] = ("off", "auto"), seeds: int = 1) -> dict:
+    """Both recipes' timings, eager and compiled (``modes``, resolved for the device: ``auto`` is ``off`` on the
+    CPU, so it is timed once there), over ``seeds`` seeds, and, if ``run_args``, one whole `ptk run` on the same
+    data directory."""
     with tempfile.TemporaryDirectory() as tmp:
         if data_dir is None:
             if archive is None or not archive.exists():
@@ -149,19 +179,29 @@ def study_row(archive: Path | None, device: torch.device, train: int | None, tes
         data = load_cifar(data_dir, train, test, device)
         flops = train_flops_per_image(CifarResNet18(data.num_classes, data.image_shape[0], width), data.image_shape)
         timings = []
+        resolved = list(dict.fromkeys(resolve_compile(m, device) for m in modes))
         for name in ("study", "fast"):  # each printed as it finishes: a run cut off still shows it
-            timings.append(time_recipe(data, name, width, epochs, flops, peak))
-            print(f"  recipe {name}: {json.dumps(asdict(timings[-1]))}", file=sys.stderr, flush=True)
+            for mode in resolved:
+                for seed in range(seeds):
+                    timings.append(time_recipe(data, name, width, epochs, flops, peak, seed, mode))
+                    print(f"  recipe {name}: {json.dumps(asdict(timings[-1]))}", file=sys.stderr, flush=True)
         run = time_ptk_run(run_args, data_dir) if run_args else None
-    study, fast = timings
+    compared = compile_comparison(timings)
+    best = {name: min((t for t in timings if t.recipe == name), key=lambda t: t.seconds_per_epoch)
+            for name in ("study", "fast")}
+    study, fast = best["study"], best["fast"]
+    timings_shown = [study, fast]
     shown = "; ".join(f"{t.recipe}: {t.seconds_per_epoch:.2f} s/epoch, {t.images_per_second:.0f} img/s, "
                       f"acc {t.test_accuracy:.3f}, {t.achieved_tflops:.2f} TFLOP/s"
-                      + (f" (MFU {t.mfu:.1%})" if t.mfu is not None else "")
-                      for t in timings)
+                      + (f" (MFU {t.mfu:.1%})" if t.mfu is not None else "") + f", compile {t.compile}"
+                      for t in timings_shown)
+    for c in compared:
+        shown += (f"; {c['recipe']} compiled ({c['compile']}) {c['speedup']:.2f}x eager, accuracy "
+                  f"{c['accuracy_difference_points']:+.2f} points over {c['seeds']} seed(s)")
     if run:
         shown += f"; whole `ptk run` {run['wall_seconds']:.0f} s ({run['status']})"
     return {"row": "8 study", "what": f"CIFAR-10 {len(data.y_train)} train / {len(data.y_test)} test, width {width}, "
                                       f"{epochs} epochs, device {device.type}",
             "ptk": shown, "baseline": "study recipe", "ratio": round(study.seconds_per_epoch / fast.seconds_per_epoch, 2),
             "target": "GPU: <= 1 s/epoch (fast), whole run < 180 s",
-            "recipes": [asdict(t) for t in timings], "ptk_run": run}
+            "recipes": [asdict(t) for t in timings], "compile": compared, "ptk_run": run}

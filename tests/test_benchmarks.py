@@ -60,9 +60,14 @@ def test_study_row_on_the_cpu_trains_both_recipes_and_times_a_whole_run(cifar_da
     _, study = load_benchmarks()
     run_args = ["--dataset", "cifar10", "--subset", "300", "--test-subset", "100", "--epochs", "1",
                 "-o", "resnet18.width=8", "-o", "labelflip.budget=10", "--defense", "loss-outliers"]
-    row = study.study_row(None, torch.device("cpu"), 512, 200, 8, 1, run_args, None, data_dir=cifar_data_dir)
-    recipes = {r["recipe"]: r for r in row["recipes"]}
+    row = study.study_row(None, torch.device("cpu"), 512, 200, 8, 1, run_args, None, data_dir=cifar_data_dir,
+                          modes=("off", "aot_eager"))
+    recipes = {r["recipe"]: r for r in row["recipes"] if r["compile"] == "off"}
     assert set(recipes) == {"study", "fast"}
+    # each recipe compiled beside eager: same data, seed and model, so the same accuracy up to float rounding
+    compared = {c["recipe"]: c for c in row["compile"]}
+    assert set(compared) == {"study", "fast"} and all(c["compile"] == "aot_eager" for c in compared.values())
+    assert all(c["speedup"] > 0 and abs(c["accuracy_difference_points"]) <= 1.0 for c in compared.values())
     from ptk.recipe import named_recipe
 
     fast = named_recipe("fast")
@@ -117,13 +122,31 @@ def test_recipe_fidelity_row_trains_both_loops_on_real_cifar(cifar_data_dir, tmp
 
 
 @pytest.mark.slow
-def test_cpu_packing_row_times_both_layouts_on_real_runs(capsys):
+def test_packing_row_times_both_layouts_on_real_runs(capsys):
     """The row runs the real command both ways (here shrunk to 200 digits at width 4) and prints the ratio of
-    runs per hour; the ratio itself is a measurement, not asserted."""
-    import cpu_packing
+    runs per hour; the ratio itself is a measurement, not asserted. On a GPU the same function packs runs onto
+    one device (benchmarks/gpu_study.sh)."""
+    import packing
 
-    row = cpu_packing.main(epochs=1, cores=2, extra=("--subset", "200", "-o", "resnet18.width=4", "-o", "labelflip.budget=5"))
-    assert row["one run, all threads (s)"] > 0 and row["2 runs at once, 1 thread each (s)"] > 0
-    assert row["ratio"] == pytest.approx(row["one run, all threads (s)"] * 2 / row["2 runs at once, 1 thread each (s)"],
-                                         rel=0.05)
-    assert "runs per hour, one per core" in capsys.readouterr().out
+    row = packing.main(epochs=1, cores=2, extra=("--subset", "200", "-o", "resnet18.width=4", "-o", "labelflip.budget=5"))
+    one_at_a_time, side_by_side = row["2 runs one at a time (s)"], row["2 runs at once, 1 thread each (s)"]
+    assert one_at_a_time > 0 and side_by_side > 0
+    assert row["ratio"] == pytest.approx(one_at_a_time / side_by_side, rel=0.05)
+    assert row["runs per hour, side by side"] == pytest.approx(3600 * 2 / side_by_side, rel=0.01)
+    assert "runs per hour, side by side" in capsys.readouterr().out
+
+
+def test_compile_comparison_is_eager_over_compiled_per_recipe_by_hand():
+    _, study = load_benchmarks()
+
+    def t(recipe, mode, seed, spe, acc, warm):
+        return study.RecipeTiming(recipe, 100, 1, 128, 0.1, spe, 1.0, acc, 3.3, 1.0, None, mode, seed, warm)
+
+    timings = [t("study", "off", 0, 4.0, 0.80, 5.0), t("study", "off", 1, 5.0, 0.82, 5.0),
+               t("study", "reduce-overhead", 0, 1.5, 0.81, 65.0), t("study", "reduce-overhead", 1, 1.5, 0.80, 2.0),
+               t("fast", "off", 0, 1.2, 0.90, 2.0)]
+    (row,) = study.compile_comparison(timings)  # fast has no compiled timing: nothing to compare
+    assert row["recipe"] == "study" and row["compile"] == "reduce-overhead" and row["seeds"] == 2
+    assert row["speedup"] == pytest.approx(4.5 / 1.5)
+    assert row["accuracy_difference_points"] == pytest.approx(100 * (0.805 - 0.81))
+    assert row["compile_seconds"] == pytest.approx(60.0)  # the first compiled warm-up over the first eager one

@@ -14,12 +14,13 @@ from .version import __version__
 from .cli_bench import bench as bench_commands
 from .cli_data import data as data_commands
 from .cli_sweep import sweep as sweep_commands
-from .config import PRESETS, ExperimentConfig, build_config
+from .config import COMPILE_MODES, PRESETS, ExperimentConfig, build_config
 from .errors import PluginError, UsageError
 from .paths import check_folder
 
 RUN_FLAGS = ("dataset", "model", "attack", "recipe", "epochs", "batch_size", "lr", "seed", "subset",
-             "test_subset", "source", "target", "target_index", "target_choice", "target_rank", "device")
+             "test_subset", "source", "target", "target_index", "target_choice", "target_rank", "device",
+             "compile")
 
 
 def load_registry(*args: Any, **kwargs: Any):
@@ -156,6 +157,9 @@ def execute(config: ExperimentConfig, out: Path | None, overwrite: bool, data_di
               help="order of candidate targets: highest P(target class) first (default) or seeded random")
 @click.option("--target-rank", type=int, help="take the K-th candidate target of that order (default 0)")
 @click.option("--device", help="auto (CUDA if present), cpu, cuda, cuda:N")
+@click.option("--compile", type=click.Choice(COMPILE_MODES),
+              help="torch.compile the training step: auto (default: reduce-overhead, i.e. CUDA graphs, on CUDA; off "
+                   "on the CPU), off, default, reduce-overhead, max-autotune, aot_eager")
 @click.option("--out", type=click.Path(path_type=Path), help="run folder (default runs/<timestamp>)")
 @click.option("--overwrite", is_flag=True, help="allow --out to be an existing run folder")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="ptk data directory (or $PTK_DATA_DIR)")

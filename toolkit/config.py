@@ -16,6 +16,10 @@ from typing import Any
 from .errors import UsageError
 from .options import parse_assignments
 
+#: ``--compile``'s modes (what each does: :mod:`ptk.compiled`); here, not there, so that reading a config
+#: does not import torch.
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "aot_eager")
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -42,6 +46,7 @@ class ExperimentConfig:
     target_choice: str = "hardest"
     target_rank: int = 0
     device: str = "auto"
+    compile: str = "auto"  # torch.compile of the training step: see ptk.compiled
 
     def __post_init__(self) -> None:
         """Every ExperimentConfig that exists is valid: built from a --config file, flags, a grid cell, a
@@ -52,6 +57,9 @@ class ExperimentConfig:
             raise UsageError(problem)
         if self.target_choice not in ("hardest", "random"):
             raise UsageError(f"target_choice must be hardest or random, got {short(self.target_choice)}")
+        if self.compile not in COMPILE_MODES:
+            raise UsageError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {short(self.compile)} "
+                             "(--compile)")
         for key in BOUNDS:
             problem = bound_problem(key, values[key])
             if problem:

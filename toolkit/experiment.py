@@ -25,6 +25,7 @@ from .pipeline import defense_entry, plugin_entries
 from .errors import DataMissing, UsageError
 from .types import Poisoning, Trigger
 from .cache import ModelCache, tensor_digest
+from .compiled import resolve_compile
 from .config import ExperimentConfig, short
 from .data import stratified_indices
 from .context import AttackContext, DefenseContext
@@ -55,6 +56,7 @@ class Plan:
     options: dict[str, dict[str, Any]]
     recipe: Recipe
     device: torch.device
+    compile_mode: str  # resolved for the device: see ptk.compiled
     skipped: dict[str, str] = field(default_factory=dict)  # defense name -> why `--defense all` left it out
 
 
@@ -101,7 +103,9 @@ def plan(config: ExperimentConfig, registry: Registry) -> Plan:
     recipe = plan_recipe(config)
     for name, why in skipped.items():
         log.warning("--defense all skips %s: %s", name, why)
-    return Plan(config, dataset, model, attack, defenses, options, recipe, pick_device(config.device), skipped)
+    device = pick_device(config.device)
+    return Plan(config, dataset, model, attack, defenses, options, recipe, device,
+                resolve_compile(config.compile, device), skipped)
 
 
 #: ``-o recipe.FIELD=VALUE`` (and ``[options.recipe]`` in a config file, ``recipe.FIELD`` in a grid) sets a
@@ -357,7 +361,7 @@ def new_session(p: Plan, data, cache: ModelCache) -> Session:
     device and seed."""
     provenance = {"name": p.model.name, "distribution": p.model.dist, "version": p.model.version}
     return Session(data=data, model=p.model.plugin, model_options=p.options[p.model.name], provenance=provenance,
-                   recipe=p.recipe, cache=cache, device=p.device, seed=p.config.seed)
+                   recipe=p.recipe, cache=cache, device=p.device, seed=p.config.seed, compile_mode=p.compile_mode)
 
 
 def run_experiment(config: ExperimentConfig, registry: Registry, save: Callable[[dict[str, Any]], None],

@@ -23,16 +23,17 @@ from .version import __version__
 
 #: The modules whose code shapes a trained model's weights besides the model plugin's own: the loop, the
 #: augmentation, the recipe's schedule, the normalising wrapper and this service's fit.
-TRAINER_MODULES = ("ptk.train", "ptk.augment", "ptk.recipe", "ptk.network", "ptk.session")
+TRAINER_MODULES = ("ptk.train", "ptk.compiled", "ptk.augment", "ptk.recipe", "ptk.network", "ptk.session")
 
 
-def trainer_identity(device: torch.device) -> dict[str, Any]:
+def trainer_identity(device: torch.device, compile_mode: str = "off") -> dict[str, Any]:
     """What a cached model depends on in ptk and below it: ptk's version, the sha256 of each trainer module's
     source (an edit to the loop, the augmentation or a schedule misses the cache), torch's version, the device
-    type and the precision the forward runs in (bf16 autocast on CUDA, fp32 on the CPU)."""
+    type, the precision the forward runs in (bf16 autocast on CUDA, fp32 on the CPU) and the resolved
+    ``--compile`` mode (compiled kernels round differently from eager ones)."""
     return {"ptk": __version__, "code": {m: module_digest(m) for m in TRAINER_MODULES},
             "torch": torch.__version__, "device": device.type,
-            "precision": "bf16-autocast" if device.type == "cuda" else "fp32"}
+            "precision": "bf16-autocast" if device.type == "cuda" else "fp32", "compile": compile_mode}
 
 
 class ModelBuilder(Protocol):
@@ -68,7 +69,7 @@ class Session:
 
     def __init__(self, *, data: Dataset, model: ModelBuilder, model_options: dict[str, Any],
                  provenance: dict[str, str], recipe: Recipe, cache: ModelCache, device: torch.device,
-                 seed: int) -> None:
+                 seed: int, compile_mode: str = "off") -> None:
         self.data = data
         self.model = model
         self.model_options = model_options
@@ -77,10 +78,11 @@ class Session:
         self.cache = cache
         self.device = device
         self.seed = seed
+        self.compile_mode = compile_mode  # resolved (never "auto"): see ptk.compiled
         self.mean, self.std = channel_stats(data.x_train)
         self.trained: list[TrainingRecord] = []  # one per train() call and own_training block, for the report
         self._identities: dict[type, dict[str, Any]] = {}
-        self.trainer = trainer_identity(device)  # read once: an edit while the run goes on changes no key of it
+        self.trainer = trainer_identity(device, compile_mode)  # read once: an edit while the run goes on changes no key of it
 
     def model_identity(self, net: nn.Module) -> dict[str, Any]:
         """What a cached model of this run's architecture depends on besides its data: the model
@@ -166,6 +168,6 @@ class Session:
         epochs = self.recipe.epochs
         progress_line(f"training {desc} ({len(y)} samples, {epochs} epoch{'s' if epochs != 1 else ''}) ...")
         with Timer() as timer:
-            model = train_model(model, x, y, self.recipe, seed, weights, desc=desc)
+            model = train_model(model, x, y, self.recipe, seed, weights, desc=desc, compile_mode=self.compile_mode)
         progress_line(f"training {desc} done in {timer.seconds:.1f} s")
         return model

@@ -46,9 +46,15 @@ class Cell:
         return settings_label(self.values)
 
 
+#: Settings added to ExperimentConfig after stores existed, with their default: a cell that leaves one at its
+#: default hashes as it did before the setting existed, so a store keeps resuming across the upgrade.
+ADDED_SETTINGS = {"compile": "auto"}
+
+
 def cell_id(config: ExperimentConfig) -> str:
     """Hash of the resolved config: the same settings are the same cell, whatever the grid file looks like."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+    values = {k: v for k, v in config.to_dict().items() if ADDED_SETTINGS.get(k, object()) != v}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_grid(path: Path, presets: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, list[Any]]]:

@@ -15,16 +15,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .augment import crop_flip, cutout, draw_crop_flip, draw_cutout
+from .compiled import autocast, batch_loss, loss_function, mark_step
 from .progress import progress
 from .recipe import RECIPES, Recipe, lr_factor, named_recipe
 
 __all__ = ["RECIPES", "Batch", "Recipe", "autocast", "batched", "epoch_batches", "features", "make_optimizer",
            "named_recipe", "optimizer_step", "per_sample_loss", "predict_proba", "train_model", "training_batch"]
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op context on the CPU (fp32 keeps CPU runs bit-reproducible)."""
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def parameter_groups(model: nn.Module, recipe: Recipe) -> list[dict]:
@@ -46,11 +42,13 @@ def make_optimizer(
     their own loop, so every model of a run steps the same way.
     """
     groups = parameter_groups(model, recipe)
+    # on CUDA, the fused kernels: one launch per step for every parameter instead of a few per tensor
+    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) and groups[0]["params"] else {}
     if recipe.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
-                                                     nesterov=recipe.nesterov and recipe.momentum > 0)
+                                                     nesterov=recipe.nesterov and recipe.momentum > 0, **fused)
     else:
-        opt = torch.optim.Adam(groups, lr=recipe.lr)
+        opt = torch.optim.Adam(groups, lr=recipe.lr, **fused)
     if recipe.schedule == "constant":
         return opt, None, recipe.label_smoothing
     total_steps = recipe.epochs * math.ceil(n / recipe.batch_size)
@@ -90,19 +88,27 @@ def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.d
         sizes.pop()
     kept = sum(sizes)
     if aug is None or not aug.augment:
-        return [Batch(idx) for idx in order[:kept].to(device).split(sizes)]
+        return [Batch(idx) for idx in to_device(order[:kept], device).split(sizes)]
     draws = [draw_crop_flip(b, gen, aug.pad) for b in sizes]  # batch by batch: the per-batch stream, unchanged
     offsets, flips = torch.cat([o for o, _ in draws], 1), torch.cat([f for _, f in draws])
     flips = flips if aug.flip else torch.zeros_like(flips)
     parts = [order[:kept], offsets.flatten(), flips.long()]
     if aug.cutout:
         parts.append(draw_cutout(kept, gen, aug.cutout, *image_size).flatten())
-    packed = torch.cat(parts).to(device)  # the epoch's one copy
+    packed = to_device(torch.cat(parts), device)  # the epoch's one copy
     idx, offsets, flips = packed[:kept], packed[kept : 3 * kept].view(2, kept), packed[3 * kept : 4 * kept].bool()
     corners = packed[4 * kept :].view(2, kept).split(sizes, 1) if aug.cutout else [None] * len(sizes)
     settings = dict(pad=aug.pad, pad_mode=aug.pad_mode, cutout=aug.cutout)
     return [Batch(i, o, f, c, **settings)
             for i, o, f, c in zip(idx.split(sizes), offsets.split(sizes, 1), flips.split(sizes), corners)]
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` (on the CPU) moved to ``device``; to a GPU from pinned memory without blocking, so the host does not
+    wait for the GPU to finish the queued steps before it copies."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 def training_batch(x: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -118,15 +124,11 @@ def training_batch(x: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 def optimizer_step(model: nn.Module, opt: torch.optim.Optimizer, xb: torch.Tensor, yb: torch.Tensor,
-                   smoothing: float, weights: torch.Tensor | None = None, reduce: str = "mean") -> None:
-    """One step on a batch: forward (autocast on CUDA), per-sample cross-entropy times optional
-    ``weights``, reduced by ``mean`` (train_model) or ``sum`` (weights that already sum to 1)."""
-    with autocast(xb.device):
-        logits = model(xb)
-    loss = F.cross_entropy(logits.float(), yb, reduction="none", label_smoothing=smoothing)
-    if weights is not None:
-        loss = loss * weights
-    loss = loss.mean() if reduce == "mean" else loss.sum()
+                   smoothing: float, weights: torch.Tensor | None = None, reduce: str = "mean",
+                   loss_fn=batch_loss) -> None:
+    """One step on a batch: :func:`~ptk.compiled.batch_loss` (or its compiled form, ``loss_fn``), backward,
+    the optimiser's step. ``reduce``: ``mean`` (train_model) or ``sum`` (weights that already sum to 1)."""
+    loss = loss_fn(model, xb, yb, smoothing, weights, reduce)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -140,11 +142,13 @@ def train_model(
     seed: int,
     weights: torch.Tensor | None = None,
     desc: str = "train",
+    compile_mode: str = "off",
 ) -> nn.Module:
     """Train ``model`` in place on uint8 images ``x`` with labels ``y``; returns it in eval mode.
 
     ``weights`` are per-sample loss weights (mean-normalised per batch by the
-    caller's choice: the loss is ``sum(w * ce) / len(batch)``).
+    caller's choice: the loss is ``sum(w * ce) / len(batch)``). ``compile_mode``: a resolved mode of
+    :mod:`ptk.compiled` for the full batches (the shorter last batch runs eagerly).
     """
     device = x.device
     torch.manual_seed(seed)
@@ -156,11 +160,16 @@ def train_model(
     opt, sched, smoothing = make_optimizer(model, recipe, n)
     params = [p for p in model.parameters() if p.requires_grad]
     average = [p.detach().clone() for p in params] if recipe.ema else None
+    compiled = loss_function(compile_mode)
     for _ in progress(range(recipe.epochs), desc=desc):
         for batch in epoch_batches(n, recipe.batch_size, gen, device, recipe, tuple(x.shape[-2:])):
             xb = training_batch(x, batch)
             idx = batch.idx
-            optimizer_step(model, opt, xb, y[idx], smoothing, None if weights is None else weights[idx])
+            full = len(idx) == recipe.batch_size
+            if full:
+                mark_step(compile_mode)
+            optimizer_step(model, opt, xb, y[idx], smoothing, None if weights is None else weights[idx],
+                           loss_fn=compiled if full else batch_loss)
             if sched is not None:
                 sched.step()
             if average is not None:
