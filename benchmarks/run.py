@@ -319,14 +319,17 @@ def row_clustering(n, dims) -> dict:
             "flags_identical": agree}
 
 
-def row_study(device, quick: bool, archive: Path, peak: float | None, seeds: int = 1, whole_run: bool = True) -> dict:
-    """Both recipes, eager and compiled (``auto``: CUDA graphs on a GPU), ``seeds`` seeds each."""
+def row_study(device, quick: bool, archive: Path, peak: float | None, seeds: int = 1, whole_run: bool = True,
+              modes: tuple[str, ...] = ("off", "auto"), study_seeds: int | None = None) -> dict:
+    """Both recipes in each ``--compile`` mode of ``modes`` (``auto``: CUDA graphs on a GPU, eager on the CPU),
+    ``seeds`` seeds each."""
     if device.type == "cuda" and not quick:  # the seed study's full setup
         run = ["--dataset", "cifar10", "--attack", "labelflip", "--defense", "all", "--recipe", "fast"]
-        return study_row(archive, device, None, None, 64, 10, run if whole_run else None, peak, seeds=seeds)
+        return study_row(archive, device, None, None, 64, 10, run if whole_run else None, peak, seeds=seeds,
+                         modes=modes, study_seeds=study_seeds)
     # the same code path on a small subset; a whole `ptk run` of all defenses would take hours on a CPU
     return study_row(archive, device, 4000 if quick else 10_000, 1000 if quick else 2000, 16 if quick else 64,
-                     4 if quick else 3, None, peak, seeds=seeds)
+                     4 if quick else 3, None, peak, seeds=seeds, modes=modes, study_seeds=study_seeds)
 
 
 def main() -> None:
@@ -339,7 +342,9 @@ def main() -> None:
     ap.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, for MFU (default: known GPUs)")
     ap.add_argument("--seeds", type=int, default=1, help="row 8: seeds per recipe and compile mode (accuracy "
                     "compiled vs eager is compared over them)")
+    ap.add_argument("--study-seeds", type=int, help="row 8: seeds of the study recipe (default: --seeds)")
     ap.add_argument("--no-whole-run", action="store_true", help="row 8 on a GPU: skip the whole `ptk run`")
+    ap.add_argument("--compile-modes", default="off,auto", help="row 8: --compile modes timed side by side")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     q = args.quick
@@ -354,7 +359,8 @@ def main() -> None:
         "3": lambda: row_influence(device, 256 if q else 2000, 16 if q else 64, 128 if q else 500),
         "4": lambda: row_clustering(10_000 if q else 50_000, 128 if q else 512),
         "7": lambda: row_memory(q, args.cifar),
-        "8": lambda: row_study(device, q, args.cifar, peak, args.seeds, not args.no_whole_run),
+        "8": lambda: row_study(device, q, args.cifar, peak, args.seeds, not args.no_whole_run,
+                               tuple(args.compile_modes.split(",")), args.study_seeds),
     }
     wanted = args.only.split(",") if args.only else sorted(rows_fns)
     rows = []

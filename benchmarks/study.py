@@ -165,10 +165,10 @@ def compile_comparison(timings: list[RecipeTiming]) -> list[dict]:
 
 def study_row(archive: Path | None, device: torch.device, train: int | None, test: int | None, width: int,
               epochs: int, run_args: list[str] | None, peak: float | None, data_dir: Path | None = None,
-              modes: tuple[str, ...] = ("off", "auto"), seeds: int = 1) -> dict:
+              modes: tuple[str, ...] = ("off", "auto"), seeds: int = 1, study_seeds: int | None = None) -> dict:
     """Both recipes' timings, eager and compiled (``modes``, resolved for the device: ``auto`` is ``off`` on the
-    CPU, so it is timed once there), over ``seeds`` seeds, and, if ``run_args``, one whole `ptk run` on the same
-    data directory."""
+    CPU, so it is timed once there), over ``seeds`` seeds (``study_seeds`` for the slow study recipe, when given),
+    and, if ``run_args``, one whole `ptk run` on the same data directory."""
     with tempfile.TemporaryDirectory() as tmp:
         if data_dir is None:
             if archive is None or not archive.exists():
@@ -182,7 +182,7 @@ def study_row(archive: Path | None, device: torch.device, train: int | None, tes
         resolved = list(dict.fromkeys(resolve_compile(m, device) for m in modes))
         for name in ("study", "fast"):  # each printed as it finishes: a run cut off still shows it
             for mode in resolved:
-                for seed in range(seeds):
+                for seed in range(seeds if name == "fast" or study_seeds is None else study_seeds):
                     timings.append(time_recipe(data, name, width, epochs, flops, peak, seed, mode))
                     print(f"  recipe {name}: {json.dumps(asdict(timings[-1]))}", file=sys.stderr, flush=True)
         run = time_ptk_run(run_args, data_dir) if run_args else None

@@ -150,3 +150,24 @@ def test_compile_comparison_is_eager_over_compiled_per_recipe_by_hand():
     assert row["speedup"] == pytest.approx(4.5 / 1.5)
     assert row["accuracy_difference_points"] == pytest.approx(100 * (0.805 - 0.81))
     assert row["compile_seconds"] == pytest.approx(60.0)  # the first compiled warm-up over the first eager one
+
+
+def test_gpu_plan_cuts_targets_to_the_time_left_by_hand(tmp_path):
+    """The GPU script's plan: 5 trainings a target times the measured 1.6 overhead, the clean model once, and
+    targets cut (never below 0, never above those wanted) to the seconds left."""
+    import json
+
+    import gpu_plan
+
+    p = gpu_plan.plan(420)  # the H200's measured eager speed: 50,000 x 10 / 41,667 = 12.0 s a training
+    assert p.training_seconds == pytest.approx(12.0, abs=0.05) and p.per_target_seconds == pytest.approx(96.0, abs=0.1)
+    assert p.targets == 4 and p.cut and not p.bilevel_fits  # (420 - 19.2) // 96
+    assert gpu_plan.plan(10).targets == 0 and gpu_plan.plan(10**6).targets == 20
+    assert gpu_plan.plan(10**6).bilevel_fits
+    speed = tmp_path / "speed.json"  # part a measured compiled fast at twice the speed: twice the targets
+    speed.write_text(json.dumps({"rows": [{"recipes": [
+        {"recipe": "fast", "images_per_second": 83_334.0, "train_images": 50_000, "compile": "reduce-overhead"},
+        {"recipe": "fast", "images_per_second": 41_667.0, "train_images": 50_000, "compile": "off"}]}]}))
+    fast = gpu_plan.plan(420, speed=speed, clean_cached=True)
+    assert fast.training_seconds == pytest.approx(6.0, abs=0.05) and fast.targets == 8  # 420 // 48
+    assert "reduce-overhead" in fast.speed_source
