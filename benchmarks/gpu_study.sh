@@ -79,11 +79,18 @@ if [ ! -f "$OUT/speed.json" ]; then
     say "a. done (exit ${PIPESTATUS[0]})"
 fi
 
+# the sweep and the packing runs compile (--compile auto) only if part a's compiled fast recipe trained: a
+# compiler that fails on this machine must not cost every cell of the sweep
+SWEEP_COMPILE=$(python3 -c "import json,sys; rows=json.load(open(sys.argv[1]))['rows']
+print('auto' if any(t['compile'] != 'off' for r in rows for t in r.get('recipes', []) if t['recipe'] == 'fast') else 'off')" \
+    "$OUT/speed.json" 2>/dev/null || echo off)
+say "compile for the sweep and packing: $SWEEP_COMPILE"
+
 if [ ! -f "$OUT/packing.json" ]; then
     say "p. packing: 4 width-16 runs one at a time vs side by side (budget left $(left) s)"
     # shellcheck disable=SC2086
     timeout --signal=TERM "$(left)" python3 benchmarks/packing.py --device "$DEVICE" --cells "$PACK_CELLS" --epochs 4 \
-        --json "$OUT/packing.json" -- --dataset cifar10 --recipe fast -o resnet18.width=16 $PACK_ARGS 2>&1 | tee -a "$LOG"
+        --json "$OUT/packing.json" -- --dataset cifar10 --recipe fast --compile "$SWEEP_COMPILE" -o resnet18.width=16 $PACK_ARGS 2>&1 | tee -a "$LOG"
     say "p. done (exit ${PIPESTATUS[0]})"
 fi
 
@@ -103,6 +110,7 @@ defenses = ["loss-outliers", "activation-clustering", "influence", "ensemble"]
 recipe = "fast"
 target_choice = "random"
 device = "$DEVICE"
+compile = "$SWEEP_COMPILE"
 $GRID_EXTRA
 
 [options.labelflip]
