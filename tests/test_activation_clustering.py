@@ -97,7 +97,10 @@ def test_both_backends_agree_on_a_real_poisoned_run(ptk, tmp_path):
     runs = {}
     for backend in ("ptk", "art"):
         out = tmp_path / backend
-        ptk("run", "--defense", "activation-clustering", *TINY, "-o", "activation-clustering.mode=art",
+        # width 16, not TINY's 8: ART's mode removes a large share, and the narrower net retrained on the rest
+        # falls to about 40% accuracy, too weak to say the defended model still learns
+        ptk("run", "--defense", "activation-clustering", *TINY, "-o", "resnet18.width=16",
+            "-o", "activation-clustering.mode=art",
             "-o", f"activation-clustering.backend={backend}", "--out", out)
         runs[backend] = model_row(load_results(out), "activation-clustering")
     n = load_results(tmp_path / "ptk")["data"]["train_size"]

@@ -24,10 +24,10 @@ from .plugins.blobs import Blobs, TinyNet  # three classes of 8x8 noise (20 trai
 
 #: Sleeper Agent on 800 digits with every "7" perturbed, the patch crafted where ptk stamps it. Measured on the
 #: 2-core machine (seed 0): clean ASR 3.2%, poisoned 33.8% (seeds 1 and 2: 9.6% -> 12.1%, 0% -> 6.9%).
-SLEEPER = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e-3", "-o", "resnet18.width=16",
+SLEEPER = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e-3", "-o", "resnet18.width=8",
            "-o", "art-sleeper-agent.percent_poison=1.0", "-o", "art-sleeper-agent.patching=fixed"]
 #: The clean-label backdoor on the same data and recipe (the clean model comes from the session's cache).
-CLEAN_LABEL = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e-3", "-o", "resnet18.width=16",
+CLEAN_LABEL = ["--preset", "quick", "--subset", "800", "--epochs", "5", "--lr", "3e-3", "-o", "resnet18.width=8",
                "-o", "art-clean-label-backdoor.pp_poison=0.9"]
 
 
