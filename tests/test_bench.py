@@ -111,6 +111,26 @@ def test_a_cell_whose_poisoned_model_differs_between_runs_is_named():
     assert "flip seed=0 target_index=3 (poisoned: test accuracy 90.0% vs 80.0%" in notes[0]
 
 
+def test_a_defense_is_paired_with_the_undefended_model_of_its_own_run():
+    """When a later run trained its clean and poisoned models again (the cache missed), a defense of that run is
+    scored against what it faced: its pair with the undefended model uses that run's poisoned model, and its
+    accuracy cost that run's clean model, not the first run's."""
+    rows = known_table()
+    for i in range(16):  # run 2 of every cell: its poisoned model did not take in cells 0-9; "late" stops none
+        rows += [row(f"c{i}b", "clean", 0, i, False, acc=0.85), row(f"c{i}b", "poisoned", 0, i, i >= 10, acc=0.8),
+                 row(f"c{i}b", "late", 0, i, i >= 10, acc=0.8)]
+    board = build(rows)
+    pairs = {frozenset((p["a"], p["b"])): p for p in board["pairs"]}
+    late = pairs[frozenset(("poisoned", "late"))]
+    assert late["a_only"] == late["b_only"] == 0  # it faced run 2's poisoned model: no cell between them
+    good = pairs[frozenset(("poisoned", "good"))]  # run 1's defenses keep run 1's undefended model: 16 vs 0
+    assert {good["a_only"], good["b_only"]} == {0, 16}
+    by_model = {r["model"]: r for r in board["rows"]}
+    assert by_model["late"]["acc_cost"] == pytest.approx(0.05)  # 0.85 - 0.8, not 0.95 - 0.8
+    assert by_model["poisoned"]["successes"] == 16  # the undefended row itself is the first run's
+    assert "compared with the undefended model of its own run" in board["notes"][0]
+
+
 def test_leaderboard_compares_only_shared_cells_and_names_other_machines():
     rows = known_table()
     rows = [r for r in rows if not (r["cell_id"] == "c9" and r["name"] == "meh")]  # meh's row on c9 ...

@@ -91,12 +91,32 @@ def diverging_models(rows: Iterable[dict[str, Any]]) -> list[str]:
     return out
 
 
+def run_references(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """The clean and undefended rows of each store cell (one run of a suite cell), by cell id: what the
+    defenses of that run faced."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for row in rows:
+        if row["name"] in ("clean", UNDEFENDED) and not row["failed"]:
+            out.setdefault(row["cell_id"], {}).setdefault(row["name"], row)
+    return out
+
+
 def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -> dict[str, Any]:
     """The leaderboard of a bench store's model rows (:meth:`SweepStore.models`): ``rows`` per attack
     setting and model, ``pairs`` (every pair of models of one attack setting), ``cells`` (the drill-down),
-    ``machines`` (every machine label seen) and ``notes``."""
+    ``machines`` (every machine label seen) and ``notes``.
+
+    A defense is measured against the clean and undefended models of its own run (store cell): its accuracy
+    cost against that run's clean model, its McNemar pair with the undefended model on that run's poisoned
+    model. They are the first run's unless the model cache missed between runs and the models were trained
+    again; the undefended model's own row is the first run's."""
     rows = list(rows)
     by_cell = group_cells(rows)
+    refs = run_references(rows)
+
+    def reference(key: str, name: str, of: str) -> dict[str, Any]:
+        """Model ``of`` (clean or undefended) as model ``name`` of suite cell ``key`` faced it."""
+        return refs.get(by_cell[key][name]["cell_id"], {}).get(of) or by_cell[key][of]
     attacks: dict[str, list[str]] = {}
     for key in by_cell:
         attacks.setdefault(json.loads(key)["attack"], []).append(key)
@@ -111,10 +131,17 @@ def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -
             notes.append(f"{attack}: {len(keys) - len(shared)} of {len(keys)} cells lack a finished row of some "
                          "model and are left out of its comparison")
         success = {n: [cell_success(by_cell[k][n], metric) for k in shared] for n in names}
+        # the undefended model's outcome as each defense's own run saw it
+        faced = {n: [cell_success(reference(k, n, UNDEFENDED), metric) for k in shared] for n in names}
         attack_pairs = []
         for a, b in combinations(names, 2):
-            a_only = sum(x and not y for x, y in zip(success[a], success[b]))
-            b_only = sum(y and not x for x, y in zip(success[a], success[b]))
+            if a == UNDEFENDED or b == UNDEFENDED:
+                defense = b if a == UNDEFENDED else a
+                sa, sb = (faced[defense], success[defense]) if a == UNDEFENDED else (success[defense], faced[defense])
+            else:
+                sa, sb = success[a], success[b]
+            a_only = sum(x and not y for x, y in zip(sa, sb))
+            b_only = sum(y and not x for x, y in zip(sa, sb))
             attack_pairs.append({"attack": attack, "a": a, "b": b, "a_only": a_only, "b_only": b_only,
                                  "p": mcnemar_exact(a_only, b_only)})
         for pair, adjusted in zip(attack_pairs, holm([p["p"] for p in attack_pairs])):
@@ -129,7 +156,7 @@ def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -
             members = [by_cell[k][n] for k in shared]
             labels = sorted({machine_label(m.get("cell_device"), m.get("cell_versions")) for m in members})
             machines.update(labels)
-            drops = [by_cell[k]["clean"]["test_accuracy"] - by_cell[k][n]["test_accuracy"] for k in shared
+            drops = [reference(k, n, "clean")["test_accuracy"] - by_cell[k][n]["test_accuracy"] for k in shared
                      if by_cell[k][n].get("test_accuracy") is not None]
             wins = sum(success[n])
             lo, hi = wilson_interval(wins, len(shared))
@@ -151,8 +178,9 @@ def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -
     diverging = diverging_models(rows)
     if diverging:
         notes.append(f"{len(diverging)} cells ran their defenses on different clean or poisoned models (the model "
-                     "cache missed between runs, so the comparison there uses the first run's; run every defense into a new store "
-                     "to compare them on one model): "
+                     "cache missed between runs): each defense is compared with the undefended model of its own run, "
+                     "but defenses of different runs faced different poisoned models there (run every defense into "
+                     "a new store to compare them on one model): "
                      + "; ".join(diverging[:5]) + ("; ..." if len(diverging) > 5 else ""))
     if len(machines) > 1:
         notes.append("rows come from different machines or versions: " + "; ".join(sorted(machines)) +
