@@ -50,7 +50,15 @@ def digits_problem(n: int):
     return x, torch.from_numpy(d.target[:n]).long()
 
 
-@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="inductor's CPU code needs a C++ compiler")
+def can_build_inductor_cpu_code() -> bool:
+    """Inductor's CPU kernels are C++ built against Python's headers: both must be on the machine."""
+    import sysconfig
+    from pathlib import Path
+
+    return bool(shutil.which("g++") or shutil.which("c++")) and (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
+
+
+@pytest.mark.skipif(not can_build_inductor_cpu_code(), reason="inductor's CPU code needs a C++ compiler and Python.h")
 def test_inductor_step_trains_the_same_weights_as_eager(fresh_compiler):
     """The compiled path (real inductor code on the CPU) is the eager step up to float rounding, and a second
     model reuses the first one's compiled code."""
