@@ -109,8 +109,11 @@ width = 8
 """
 
 
-def write_grid(path, grid: str) -> None:
-    path.write_text(GRID_HEAD + "[grid]\n" + grid)
+def write_grid(path, grid: str, epochs: int = 2) -> None:
+    """A grid file of GRID_HEAD's settings (``epochs`` of them: 1 where a test checks machinery, not models)."""
+    head = GRID_HEAD.replace("epochs = 2\n", f"epochs = {epochs}\n")
+    assert f"epochs = {epochs}" in head
+    path.write_text(head + "[grid]\n" + grid)
 
 
 def _select(db, query: str) -> list[dict]:

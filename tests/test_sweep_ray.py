@@ -37,7 +37,7 @@ def by_model(db: Path) -> dict[tuple[str, str], tuple]:
 
 def test_ray_and_local_stores_hold_identical_numbers(ptk, tmp_path, monkeypatch):
     path = tmp_path / "g.toml"
-    write_grid(path, GRID)
+    write_grid(path, GRID, epochs=1)  # one epoch: it compares executors, not models (at 2 it took 288 s in the full suite, 120 s alone at 1)
     # CPU results depend on torch's thread count: both executors use one (the tests' thread; Ray:
     # --cpus-per-cell 1, two cells at a time on the two cores)
     assert torch.get_num_threads() == 1
