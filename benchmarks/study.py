@@ -147,14 +147,15 @@ def import_cifar(archive: Path, data_dir: Path) -> None:
 def compile_comparison(timings: list[RecipeTiming]) -> list[dict]:
     """Per recipe, the compiled mode against eager, side by side: s/epoch ratio (eager over compiled) and the
     difference of their mean test accuracies over the seeds (compiled minus eager, in points)."""
+    def mean(ts: list[RecipeTiming], field: str) -> float:
+        return sum(getattr(t, field) for t in ts) / len(ts)
+
     out = []
     for name in dict.fromkeys(t.recipe for t in timings):
         eager = [t for t in timings if t.recipe == name and t.compile == "off"]
-        for mode in dict.fromkeys(t.compile for t in timings if t.recipe == name and t.compile != "off"):
+        modes = dict.fromkeys(t.compile for t in timings if t.recipe == name and t.compile != "off")
+        for mode in modes if eager else ():
             comp = [t for t in timings if t.recipe == name and t.compile == mode]
-            if not eager:
-                continue
-            mean = lambda ts, f: sum(getattr(t, f) for t in ts) / len(ts)  # noqa: E731
             out.append({"recipe": name, "compile": mode, "seeds": len(comp),
                         "speedup": round(mean(eager, "seconds_per_epoch") / mean(comp, "seconds_per_epoch"), 3),
                         "accuracy_difference_points": round(100 * (mean(comp, "test_accuracy")
@@ -198,11 +199,10 @@ def study_row(archive: Path | None, device: torch.device, train: int | None, tes
     best = {name: min((t for t in timings if t.recipe == name), key=lambda t: t.seconds_per_epoch)
             for name in ("study", "fast")}
     study, fast = best["study"], best["fast"]
-    timings_shown = [study, fast]
     shown = "; ".join(f"{t.recipe}: {t.seconds_per_epoch:.2f} s/epoch, {t.images_per_second:.0f} img/s, "
                       f"acc {t.test_accuracy:.3f}, {t.achieved_tflops:.2f} TFLOP/s"
                       + (f" (MFU {t.mfu:.1%})" if t.mfu is not None else "") + f", compile {t.compile}"
-                      for t in timings_shown)
+                      for t in (study, fast))
     for c in compared:
         shown += (f"; {c['recipe']} compiled ({c['compile']}) {c['speedup']:.2f}x eager, accuracy "
                   f"{c['accuracy_difference_points']:+.2f} points over {c['seeds']} seed(s)")

@@ -32,16 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import COMPILE_MODES
-from .errors import UsageError
+from .config import check_compile
 
 LossFn = Callable[..., torch.Tensor]
 
 
 def resolve_compile(name: str, device: torch.device) -> str:
     """The mode ``name`` means on ``device``: ``auto`` becomes ``reduce-overhead`` on CUDA and ``off`` elsewhere."""
-    if name not in COMPILE_MODES:
-        raise UsageError(f"--compile {name!r} is not a mode; use one of {', '.join(COMPILE_MODES)}")
+    check_compile(name)
     if name == "auto":
         return "reduce-overhead" if device.type == "cuda" else "off"
     return name
@@ -85,5 +83,5 @@ def loss_function(mode: str) -> LossFn:
 def mark_step(mode: str) -> None:
     """Tell CUDA graphs a new training step begins, so the last step's graph outputs may be overwritten
     (without it, a replay can refuse to reuse memory an earlier step's loss still holds)."""
-    if mode == "reduce-overhead" and hasattr(torch, "compiler") and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
+    if mode == "reduce-overhead":
         torch.compiler.cudagraph_mark_step_begin()

@@ -20,6 +20,12 @@ from .options import parse_assignments
 #: does not import torch.
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "aot_eager")
 
+
+def check_compile(mode: str) -> None:
+    """Refuse a ``--compile`` value that is not one of COMPILE_MODES, naming the flag and the choices."""
+    if mode not in COMPILE_MODES:
+        raise UsageError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {short(mode)} (--compile)")
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -57,9 +63,7 @@ class ExperimentConfig:
             raise UsageError(problem)
         if self.target_choice not in ("hardest", "random"):
             raise UsageError(f"target_choice must be hardest or random, got {short(self.target_choice)}")
-        if self.compile not in COMPILE_MODES:
-            raise UsageError(f"compile must be one of {', '.join(COMPILE_MODES)}, got {short(self.compile)} "
-                             "(--compile)")
+        check_compile(self.compile)
         for key in BOUNDS:
             problem = bound_problem(key, values[key])
             if problem:

@@ -135,11 +135,9 @@ def build(rows: Iterable[dict[str, Any]], suite: dict[str, Any] | None = None) -
         faced = {n: [cell_success(reference(k, n, UNDEFENDED), metric) for k in shared] for n in names}
         attack_pairs = []
         for a, b in combinations(names, 2):
-            if a == UNDEFENDED or b == UNDEFENDED:
-                defense = b if a == UNDEFENDED else a
-                sa, sb = (faced[defense], success[defense]) if a == UNDEFENDED else (success[defense], faced[defense])
-            else:
-                sa, sb = success[a], success[b]
+            # the undefended side of a pair is the undefended model the other side's run faced
+            sa = faced[b] if a == UNDEFENDED else success[a]
+            sb = faced[a] if b == UNDEFENDED else success[b]
             a_only = sum(x and not y for x, y in zip(sa, sb))
             b_only = sum(y and not x for x, y in zip(sa, sb))
             attack_pairs.append({"attack": attack, "a": a, "b": b, "a_only": a_only, "b_only": b_only,

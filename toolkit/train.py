@@ -43,7 +43,8 @@ def make_optimizer(
     """
     groups = parameter_groups(model, recipe)
     # on CUDA, the fused kernels: one launch per step for every parameter instead of a few per tensor
-    fused = {"fused": True} if all(p.is_cuda for g in groups for p in g["params"]) and groups[0]["params"] else {}
+    params = [p for g in groups for p in g["params"]]
+    fused = {"fused": True} if params and all(p.is_cuda for p in params) else {}
     if recipe.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                                                      nesterov=recipe.nesterov and recipe.momentum > 0, **fused)
